@@ -1,0 +1,71 @@
+"""Launching agents: only inside a sandbox, and only after the sandbox self-test passes.
+
+Skipping permission prompts on a bare host is exactly what this project exists to prevent,
+so every path that cannot prove it is inside a healthy sandbox refuses to launch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+
+from isofeat.envvars import ISOFEAT_SANDBOX
+from isofeat.errors import EXIT_DENIED, EXIT_USAGE
+
+#: Each agent's command and the flag that turns its permission prompts off.
+AGENTS: Mapping[str, tuple[str, ...]] = {
+    "claude": ("claude", "--dangerously-skip-permissions"),
+    "codex": ("codex", "--dangerously-bypass-approvals-and-sandbox"),
+    "gemini": ("gemini", "--yolo"),
+}
+
+
+def in_sandbox(environ: Mapping[str, str] = os.environ) -> bool:
+    """The sandbox image sets ISOFEAT_SANDBOX=1; a container alone is not enough."""
+    return environ.get(ISOFEAT_SANDBOX) == "1"
+
+
+def self_test() -> tuple[bool, str]:
+    """Run the sandbox self-test. Returns (passed, the first failed check or a summary)."""
+    try:
+        from isofeat import doctor  # type: ignore[attr-defined]  # added by the template issue
+    except ImportError:
+        return False, "the sandbox self-test (isofeat doctor) is not part of this version"
+    result: tuple[bool, str] = doctor.run_for_launch()
+    return result
+
+
+def launch(agent: str, args: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
+    if agent not in AGENTS:
+        print(f"isofeat: unknown agent {agent!r}; choose from {', '.join(AGENTS)}", file=sys.stderr)
+        return EXIT_USAGE
+    if not in_sandbox(environ):
+        print(
+            f"isofeat: refusing to start {agent} with its permission prompts off outside an "
+            "isofeat sandbox (ISOFEAT_SANDBOX is not 1).\n"
+            "  fix: open the project in its dev container (VS Code, JetBrains or "
+            "`devcontainer up`) and run this there.",
+            file=sys.stderr,
+        )
+        return EXIT_DENIED
+    ok, detail = self_test()
+    if not ok:
+        print(
+            f"isofeat: refusing to start {agent}: sandbox self-test failed: {detail}",
+            file=sys.stderr,
+        )
+        return EXIT_DENIED
+    command = AGENTS[agent]
+    path = shutil.which(command[0])
+    if path is None:
+        print(f"isofeat: {command[0]} is not installed in this sandbox", file=sys.stderr)
+        return EXIT_DENIED
+    os.execv(path, [path, *command[1:], *args])  # noqa: S606  # exec, no shell: argv is a list
+    return EXIT_DENIED  # not reached: execv replaces the process
+
+
+def run_claude_main(argv: Sequence[str] | None = None) -> int:
+    """The ``run-claude`` console script: ``isofeat run claude`` with its arguments."""
+    return launch("claude", list(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,58 @@
+"""The ``isofeat`` command line.
+
+Each verb group lives in its own ``commands_*`` module with a ``register(subparsers)``
+function; this module only wires them up and turns :class:`IsofeatError` into exit code 2.
+Heavy libraries are imported inside the verbs, never here: ``isofeat init`` runs on
+every container open and its cost is mostly interpreter start-up plus imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from isofeat import __version__
+from isofeat.errors import EXIT_INTERNAL, IsofeatError
+
+# Modules that add verbs, in the order --help lists them.
+COMMAND_MODULES = (
+    "isofeat.commands_whitelist",
+    "isofeat.commands_proxy",
+    "isofeat.commands_agents",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isofeat",
+        description="One sandbox per coding task for AI agents: whitelists, the egress proxy, "
+        "images and agent launch.",
+    )
+    parser.add_argument("--version", action="version", version=f"isofeat {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except IsofeatError as err:
+        print(f"isofeat: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `isofeat ... | head` closed the pipe early; that is not an error.
+        return 0
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        return EXIT_INTERNAL
+    return result

@@ -1,0 +1,218 @@
+"""``isofeat proxy {render,reload}`` and ``isofeat egress log``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from isofeat.commands_whitelist import add_layer_options
+from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
+from isofeat.whitelist import collect_layers, merge
+
+
+def render(
+    files: Sequence[Path],
+    defaults: str | None,
+    include_global: bool,
+    out: Path,
+    upstream: str | None,
+    no_upstream: Sequence[str],
+    allow_clients: Sequence[str],
+    max_clients: int,
+    as_json: bool,
+    environ: Mapping[str, str] = os.environ,
+) -> int:
+    """Merge the whitelist layers and write ``out/tinyproxy.conf`` and ``out/filter``."""
+    from isofeat import proxy_render
+
+    layers = collect_layers(
+        files, defaults=defaults, include_global=include_global, environ=environ
+    )
+    policy = merge(layers)
+    rendered = proxy_render.render(
+        policy,
+        layers=[layer.label for layer in layers],
+        upstream=upstream,
+        no_upstream=no_upstream,
+        allow_clients=allow_clients,
+        max_clients=max_clients,
+    )
+    if out.exists() and not out.is_dir():
+        raise IsofeatError(f"{out}: exists and is not a folder", fix="choose another --out")
+    proxy_render.write(rendered, out)
+    summary = {
+        "out": str(out),
+        "conf": str(out / proxy_render.CONF_NAME),
+        "filter": str(out / proxy_render.FILTER_NAME),
+        "entries": len(policy.entries),
+        "rules": rendered.rule_count,
+        "connect_ports": rendered.connect_ports,
+        "layers": [layer.label for layer in layers],
+    }
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"wrote {summary['conf']} and {summary['filter']}: {len(policy.entries)} entries, "
+            f"{rendered.rule_count} rules, CONNECT ports {rendered.connect_ports}"
+        )
+    return EXIT_OK
+
+
+def _find_container(container: str | None, project: str | None, service: str) -> object:
+    import docker
+
+    client = docker.from_env()
+    if container:
+        try:
+            return client.containers.get(container)
+        except docker.errors.NotFound:
+            raise IsofeatError(f"no container {container!r}", fix="see `docker ps`") from None
+    if not project:
+        raise IsofeatError("say which proxy to reload", fix="pass --container NAME or --project P")
+    # Compose v1 and v2 name containers differently; the labels are the same in both.
+    found = client.containers.list(
+        filters={
+            "label": [
+                f"com.docker.compose.project={project}",
+                f"com.docker.compose.service={service}",
+            ]
+        }
+    )
+    if len(found) != 1:
+        raise IsofeatError(
+            f"expected one running {service!r} container in project {project!r}, "
+            f"found {len(found)}",
+            fix="check `docker compose -p PROJECT ps`",
+        )
+    return found[0]
+
+
+def reload(container: str | None, project: str | None, service: str, wait: float) -> int:
+    """Tell a running proxy to re-read its config and filter (SIGUSR1), then check it lived.
+
+    Tinyproxy 1.11 exits when the new filter is unreadable or holds a bad regex; that fails
+    closed (no proxy, no egress), and this command reports it rather than hiding it.
+    """
+    target = _find_container(container, project, service)
+    target.kill(signal="SIGUSR1")  # type: ignore[attr-defined]  # docker SDK is untyped
+    time.sleep(wait)
+    target.reload()  # type: ignore[attr-defined]
+    status = target.status  # type: ignore[attr-defined]
+    name = target.name  # type: ignore[attr-defined]
+    if status != "running":
+        tail = target.logs(tail=5).decode("utf-8", "replace")  # type: ignore[attr-defined]
+        print(
+            f"isofeat: proxy {name} stopped after reload ({status}); no traffic passes:\n{tail}",
+            file=sys.stderr,
+        )
+        return EXIT_DENIED
+    print(f"reloaded {name}")
+    return EXIT_OK
+
+
+def egress_log(source: str, container: str | None, denied_only: bool, as_json: bool) -> int:
+    """List destinations from a proxy log, with allowed and denied counts."""
+    from isofeat.egress_log import read_log, safe, summarise
+
+    records = summarise(read_log(source, container))
+    if denied_only:
+        records = [r for r in records if r.denied]
+    if as_json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return EXIT_OK
+    if not records:
+        print("no requests in the log" + (" were denied" if denied_only else ""), file=sys.stderr)
+        return EXIT_OK
+    print(f"{'DENIED':>7} {'ALLOWED':>7}  {'MODE':<7} DESTINATION")
+    for r in records:
+        print(f"{r.denied:>7} {r.allowed:>7}  {r.mode.upper():<7} {safe(r.host)}:{r.port}")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("proxy", help="render and reload the egress proxy's config")
+    verbs = parser.add_subparsers(dest="proxy_verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser(
+        "render",
+        help="compile whitelists into DIR/tinyproxy.conf and DIR/filter",
+        description="Compile the merged whitelist into a tinyproxy config that denies by "
+        "default, anchors and escapes every rule, and enforces ports on CONNECT and plain HTTP.",
+    )
+    add_layer_options(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="send allowed traffic through socks5://HOST:PORT or http://HOST:PORT",
+    )
+    p.add_argument(
+        "--no-upstream",
+        metavar="DOMAIN",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="domains reached directly, not through --upstream",
+    )
+    p.add_argument(
+        "--allow-client",
+        metavar="CIDR",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="only these client addresses may use the proxy (default: any)",
+    )
+    p.add_argument(
+        "--max-clients",
+        type=int,
+        default=100,
+        help="connections served at once; more are refused (default 100)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(
+        func=lambda a: render(
+            a.whitelist,
+            None if a.defaults == "none" else a.defaults,
+            not a.no_global,
+            a.out,
+            a.upstream,
+            a.no_upstream,
+            a.allow_client,
+            a.max_clients,
+            a.json,
+        )
+    )
+
+    p = verbs.add_parser(
+        "reload",
+        help="make a running proxy re-read its config and filter (after `proxy render`)",
+        description="Sends SIGUSR1 to the proxy container; tinyproxy re-reads tinyproxy.conf "
+        "and the filter without a restart and without touching the sandbox container. "
+        "Render into the folder the proxy has mounted first.",
+    )
+    p.add_argument("--container", help="the proxy container's name or id")
+    p.add_argument("--project", help="a Compose project; its proxy service is reloaded")
+    p.add_argument("--service", default="proxy", help="the service name (default: proxy)")
+    p.add_argument("--wait", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=lambda a: reload(a.container, a.project, a.service, a.wait))
+
+    parser = sub.add_parser("egress", help="read what the proxy allowed and denied")
+    verbs = parser.add_subparsers(dest="egress_verb", metavar="VERB", required=True)
+    p = verbs.add_parser(
+        "log",
+        help="list destinations from a proxy log with counts",
+        description="Reads tinyproxy's log (a file, '-' for stdin, or --container) and lists "
+        "each destination with how often it was allowed and denied. Example: "
+        "`docker logs PROXY 2>&1 | isofeat egress log --denied`.",
+    )
+    p.add_argument("log", metavar="FILE|-", nargs="?", default="-")
+    p.add_argument("--container", help="read the log of this proxy container")
+    p.add_argument("--denied", action="store_true", help="list only denied destinations")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: egress_log(a.log, a.container, a.denied, a.json))

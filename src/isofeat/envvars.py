@@ -1,0 +1,60 @@
+"""Every environment variable the package reads, in one place.
+
+Functions take ``environ: Mapping[str, str]`` so that tests never touch the real HOME.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+HOME = "HOME"
+XDG_CONFIG_HOME = "XDG_CONFIG_HOME"
+XDG_STATE_HOME = "XDG_STATE_HOME"
+# A PEM file or a folder of PEM files to trust inside every image we build.
+ISOFEAT_EXTRA_CA_CERTS = "ISOFEAT_EXTRA_CA_CERTS"
+# Set inside our containers by the sandbox image/features; agents refuse to launch without it.
+ISOFEAT_SANDBOX = "ISOFEAT_SANDBOX"
+CI = "CI"
+DOCKER_HOST = "DOCKER_HOST"
+
+ALL = (
+    HOME,
+    XDG_CONFIG_HOME,
+    XDG_STATE_HOME,
+    ISOFEAT_EXTRA_CA_CERTS,
+    ISOFEAT_SANDBOX,
+    CI,
+    DOCKER_HOST,
+)
+
+
+def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_CONFIG_HOME/isofeat``, falling back to ``~/.config/isofeat``."""
+    base = environ.get(XDG_CONFIG_HOME) or str(
+        Path(environ.get(HOME, "~")).expanduser() / ".config"
+    )
+    return Path(base) / "isofeat"
+
+
+# --- notifications (`isofeat notify`) ---
+# Inside a sandbox: the folder `isofeat notify send` writes into (default /run/isofeat/notify,
+# where the environment's own host folder is bind-mounted).
+ISOFEAT_NOTIFY_DIR = "ISOFEAT_NOTIFY_DIR"
+# Inside a sandbox: names the sender ("claude", "codex", ...) in each notification. Shown as
+# information only; the host labels notifications by folder, never by this value.
+ISOFEAT_NOTIFY_SOURCE = "ISOFEAT_NOTIFY_SOURCE"
+ALL = (*ALL, ISOFEAT_NOTIFY_DIR, ISOFEAT_NOTIFY_SOURCE)
+
+
+def notify_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """Host folder holding one notification folder per environment.
+
+    ``$XDG_STATE_HOME/isofeat/notify``, falling back to ``~/.local/state/isofeat/notify``:
+    notifications are state (pending messages), not configuration.
+    """
+    base = environ.get(XDG_STATE_HOME) or str(
+        Path(environ.get(HOME, "~")).expanduser() / ".local" / "state"
+    )
+    return Path(base) / "isofeat" / "notify"
