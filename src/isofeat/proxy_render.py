@@ -11,9 +11,14 @@ Why it looks the way it does (each point measured on Debian's tinyproxy 1.11.1):
   the authority: tinyproxy takes the host to be everything up to the first ``/`` and strips
   ``user@``, so ``http://github.com@evil.test/`` and ``http://github.com?@evil.test/`` must not
   match a ``github.com`` rule.
-* Port 80 is matched only in the port-less form. Debian builds tinyproxy with transparent
-  proxying: a relative request (``GET /``) is rebuilt from the ``Host`` header as
-  ``http://HOST:80/...``. Requiring the port-less form denies that path outright.
+* Debian builds tinyproxy with transparent proxying: a relative request (``GET /``) is
+  rebuilt from the ``Host`` header as ``http://HOST:PORT/PATH`` and only then filtered, and
+  HOST may hold a ``/`` (``Host: github.com/.evil.test`` gives
+  ``http://github.com/.evil.test:80/``). Two guards close that path in the filter itself,
+  instead of trusting glibc to refuse such a name: port 80 matches only in the port-less form,
+  and after the authority an HTTP rule admits no ``:`` followed by a digit, which every
+  rebuilt URL has. The cost: a plain-HTTP URL whose path or query holds ``:<digit>`` is
+  denied (HTTPS is not affected).
 * ``FilterType ere`` must be lower case: 1.11.1 silently reads ``ERE`` as BRE.
 * Tinyproxy cuts a filter line at the first space or ``#``; rules contain neither.
 """
@@ -44,6 +49,8 @@ DENY_ALL_RULE = r"^isofeat-deny-all\.invalid:0$"
 _ERE_SPECIAL = set(".[]()*+?{}|^$\\")
 # A label as it may appear on the wire; glibc's resolver refuses anything else.
 _WILDCARD_PREFIX = "([a-z0-9_-]+\\.)+"
+# The rest of an HTTP URL: anything but ':' followed by a digit (see the module docstring).
+_HTTP_PATH = "([^:]|:[^0-9])*"
 
 
 def ere_escape(text: str) -> str:
@@ -58,7 +65,8 @@ def rules_for(entry: Entry) -> list[str]:
     """The two filter rules for one entry: plain HTTP and CONNECT."""
     host = _host_regex(entry)
     http_port = entry.ports("http")
-    http = f"^http://{host}/" if http_port == 80 else f"^http://{host}:{http_port}/"
+    authority = host if http_port == 80 else f"{host}:{http_port}"
+    http = f"^http://{authority}/{_HTTP_PATH}$"
     connect = f"^{host}:{entry.ports('connect')}$"
     return [http, connect]
 

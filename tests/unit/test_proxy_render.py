@@ -47,15 +47,15 @@ def test_every_rule_is_anchored_and_escaped(tmp_path: Path) -> None:
     _, filt = render(tmp_path, "github.com\n*.example.com\nx.test:8443\n10.0.0.5\n[2001:db8::1]\n")
     found = rules(filt)
     assert found == [
-        r"^http://github\.com/",
+        r"^http://github\.com/([^:]|:[^0-9])*$",
         r"^github\.com:443$",
-        r"^http://([a-z0-9_-]+\.)+example\.com/",
+        r"^http://([a-z0-9_-]+\.)+example\.com/([^:]|:[^0-9])*$",
         r"^([a-z0-9_-]+\.)+example\.com:443$",
-        r"^http://x\.test:8443/",
+        r"^http://x\.test:8443/([^:]|:[^0-9])*$",
         r"^x\.test:8443$",
-        r"^http://10\.0\.0\.5/",
+        r"^http://10\.0\.0\.5/([^:]|:[^0-9])*$",
         r"^10\.0\.0\.5:443$",
-        r"^http://\[2001:db8::1\]/",
+        r"^http://\[2001:db8::1\]/([^:]|:[^0-9])*$",
         r"^\[2001:db8::1\]:443$",
     ]
     for rule in found:
@@ -81,6 +81,7 @@ def test_rules_match_like_the_proxy_for_tricky_targets() -> None:
     http, connect = (re.compile(r, re.IGNORECASE) for r in rules_for(parse_entry("github.com")))
     assert http.search("http://github.com/x")
     assert http.search("HTTP://GITHUB.COM/")
+    assert http.search("http://github.com/a:b?c=d:e")
     for target in [
         "http://github.com@evil.test/",
         "http://github.com?@evil.test/",
