@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "isofeat.commands_whitelist",
     "isofeat.commands_proxy",
     "isofeat.commands_agents",
+    "isofeat.commands_notify",
 )
 
 

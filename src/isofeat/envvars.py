@@ -19,7 +19,7 @@ ISOFEAT_SANDBOX = "ISOFEAT_SANDBOX"
 CI = "CI"
 DOCKER_HOST = "DOCKER_HOST"
 
-ALL = (
+ALL: tuple[str, ...] = (
     HOME,
     XDG_CONFIG_HOME,
     XDG_STATE_HOME,
@@ -27,6 +27,8 @@ ALL = (
     ISOFEAT_SANDBOX,
     CI,
     DOCKER_HOST,
+    "ISOFEAT_NOTIFY_DIR",  # defined with the notification helpers below
+    "ISOFEAT_NOTIFY_SOURCE",
 )
 
 
@@ -45,7 +47,6 @@ ISOFEAT_NOTIFY_DIR = "ISOFEAT_NOTIFY_DIR"
 # Inside a sandbox: names the sender ("claude", "codex", ...) in each notification. Shown as
 # information only; the host labels notifications by folder, never by this value.
 ISOFEAT_NOTIFY_SOURCE = "ISOFEAT_NOTIFY_SOURCE"
-ALL = (*ALL, ISOFEAT_NOTIFY_DIR, ISOFEAT_NOTIFY_SOURCE)
 
 
 def notify_root(environ: Mapping[str, str] = os.environ) -> Path:
