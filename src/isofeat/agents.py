@@ -29,12 +29,9 @@ def in_sandbox(environ: Mapping[str, str] = os.environ) -> bool:
 
 def self_test() -> tuple[bool, str]:
     """Run the sandbox self-test. Returns (passed, the first failed check or a summary)."""
-    try:
-        from isofeat import doctor  # type: ignore[attr-defined]  # added by the template issue
-    except ImportError:
-        return False, "the sandbox self-test (isofeat doctor) is not part of this version"
-    result: tuple[bool, str] = doctor.run_for_launch()
-    return result
+    from isofeat.doctor import run_for_launch
+
+    return run_for_launch()
 
 
 def launch(agent: str, args: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:

@@ -40,6 +40,12 @@ def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "isofeat"
 
 
+def global_whitelist(kind: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """The user's global whitelist layer for ``kind`` ("sandbox" or "dind")."""
+    name = "whitelist.txt" if kind == "sandbox" else f"whitelist-{kind}.txt"
+    return config_dir(environ) / name
+
+
 # --- notifications (`isofeat notify`) ---
 # Inside a sandbox: the folder `isofeat notify send` writes into (default /run/isofeat/notify,
 # where the environment's own host folder is bind-mounted).

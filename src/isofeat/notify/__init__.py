@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,6 +115,8 @@ def remove_env_notify_dir(env_id: str, environ: Mapping[str, str] = os.environ) 
     except FileNotFoundError:
         return False
     if stat.S_ISDIR(st.st_mode):
+        import shutil  # only `task rm` needs it; `init` imports this module too
+
         # rmtree does not follow symlinks inside the tree (fd-based on Linux).
         shutil.rmtree(path)
     else:

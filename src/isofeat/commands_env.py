@@ -1,0 +1,68 @@
+"""``isofeat init`` (host) and ``isofeat doctor`` (inside the sandbox)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from isofeat.errors import EXIT_DENIED, EXIT_OK
+
+
+def init(workspace: Path, as_json: bool, quiet: bool) -> int:
+    from isofeat.envinit import init as run_init
+
+    result = run_init(workspace)
+    if as_json:
+        print(json.dumps(result))
+    elif not quiet:
+        print(
+            f"isofeat: environment {result['env_id']} (compose project {result['project']}); "
+            f"{result['sandbox_entries']} whitelist entries"
+            + (f", DinD {result['dind_entries']}" if result["docker_in_docker"] else "")
+            + ("; .env updated" if result["changed"] else "; .env unchanged"),
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def doctor(as_json: bool) -> int:
+    from isofeat.doctor import run_checks
+
+    results = run_checks()
+    ok = all(c.ok for c in results)
+    if as_json:
+        print(json.dumps({"ok": ok, "checks": [c.as_dict() for c in results]}, indent=2))
+    else:
+        for c in results:
+            print(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<17} {c.detail}")
+        print(f"isofeat doctor: {'all checks passed' if ok else 'SANDBOX CHECK FAILED'} "
+              f"({sum(c.ok for c in results)}/{len(results)})")
+    return EXIT_OK if ok else EXIT_DENIED
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "init",
+        help="prepare this worktree's environment on the host (devcontainer initializeCommand)",
+        description="Derives the environment id and Compose project name from the worktree's "
+        "real path, creates its notification folder, merges the whitelists and renders both "
+        "proxies' configs, finds the git folders to mount, and writes .devcontainer/.env. "
+        "Idempotent; runs on every open.",
+    )
+    p.add_argument("workspace", nargs="?", type=Path, default=Path.cwd(), metavar="WORKSPACE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=lambda a: init(a.workspace, a.json, a.quiet))
+
+    p = sub.add_parser(
+        "doctor",
+        help="the sandbox self-test, run inside the container as the agent (exit 1 on failure)",
+        description="Checks the sandbox from the agent's side: user and groups, capabilities "
+        "(CapEff 0, NoNewPrivs 1), no sudo and no Docker socket, what can be written "
+        "(.devcontainer/ must be read-only), proxy variables, no direct egress, no DNS, no "
+        "IPv6, a denied name gets the proxy's 403 and an allowed name passes the filter.",
+    )
+    p.add_argument("--json", action="store_true", help="print every check as JSON")
+    p.set_defaults(func=lambda a: doctor(a.json))
