@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "isofeat.commands_whitelist",
     "isofeat.commands_proxy",
     "isofeat.commands_env",
+    "isofeat.commands_task",
     "isofeat.commands_agents",
     "isofeat.commands_notify",
 )
@@ -46,7 +47,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"isofeat {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    modules = [FAST_VERBS[verb]] if verb in FAST_VERBS else COMMAND_MODULES
+    if verb == "--version":
+        modules: Sequence[str] = ()
+    elif verb in FAST_VERBS:
+        modules = [FAST_VERBS[verb]]
+    else:
+        modules = COMMAND_MODULES
     for name in modules:
         importlib.import_module(name).register(sub)
     return parser
@@ -55,7 +61,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        # argparse exits 2 on bad usage and 0 after --help/--version; return, don't raise.
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         result: int = args.func(args)
     except IsofeatError as err:

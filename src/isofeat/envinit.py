@@ -43,11 +43,12 @@ class Settings:
     # A plain class, not a dataclass: importing dataclasses costs init a tenth of its time.
     def __init__(
         self, docker_in_docker: bool = False, upstream: str | None = None,
-        no_upstream: tuple[str, ...] = (),
+        no_upstream: tuple[str, ...] = (), copy_to_tasks: tuple[str, ...] = (),
     ) -> None:
         self.docker_in_docker = docker_in_docker
         self.upstream = upstream
         self.no_upstream = no_upstream
+        self.copy_to_tasks = copy_to_tasks  # untracked files `isofeat task new` copies
 
     def __repr__(self) -> str:
         return f"Settings({self.docker_in_docker!r}, {self.upstream!r}, {self.no_upstream!r})"
@@ -101,7 +102,7 @@ def read_settings(devcontainer: Path) -> Settings:
         raise IsofeatError(
             f"{path}:1: expected a JSON object", fix='write {"dockerInDocker": false}'
         )
-    known = {"dockerInDocker", "upstream", "noUpstream", "extraCaCerts"}
+    known = {"dockerInDocker", "upstream", "noUpstream", "extraCaCerts", "copyToTasks"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise IsofeatError(
@@ -121,7 +122,10 @@ def read_settings(devcontainer: Path) -> Settings:
     if not isinstance(no_upstream, list) or not all(isinstance(d, str) for d in no_upstream):
         raise IsofeatError(f"{path}: noUpstream must be a list of domains",
                            fix='write ["internal.example.com"]')
-    return Settings(dind, upstream or None, tuple(no_upstream))
+    copy = data.get("copyToTasks", [])
+    if not isinstance(copy, list) or not all(isinstance(c, str) for c in copy):
+        raise IsofeatError(f"{path}: copyToTasks must be a list of paths", fix='write [".env"]')
+    return Settings(dind, upstream or None, tuple(no_upstream), tuple(copy))
 
 
 def _read_gitdir_file(dot_git: Path) -> Path:

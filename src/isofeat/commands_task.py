@@ -1,0 +1,97 @@
+"""``isofeat task {new,list,rm,merge}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from isofeat.errors import EXIT_OK
+
+
+def _print(result: object, as_json: bool, text: str) -> None:
+    print(json.dumps(result, indent=2) if as_json else text)
+
+
+def new(name: str, base: str | None, up: bool, as_json: bool) -> int:
+    from isofeat import tasks
+
+    result = tasks.new(Path.cwd(), name, base, up)
+    _print(result, as_json, f"task {name}: {result['path']} on {result['branch']}"
+           + (" (environment up)" if result["up"] else
+              f"\n  open it: devcontainer up --workspace-folder {result['path']}"))
+    return EXIT_OK
+
+
+def list_(as_json: bool) -> int:
+    from isofeat import tasks
+
+    items = tasks.list_tasks(Path.cwd())
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return EXIT_OK
+    if not items:
+        print("no tasks (isofeat task new NAME)", file=sys.stderr)
+        return EXIT_OK
+    print(f"{'TASK':<20} {'AHEAD':>5} {'BEHIND':>6} {'ENV':<8} {'NOTES':>5}  PATH")
+    for t in items:
+        print(f"{t['name']!s:<20} {t['ahead']!s:>5} {t['behind']!s:>6} "
+              f"{'running' if t['running'] else 'stopped':<8} "
+              f"{t['pending_notifications']!s:>5}  {t['path']}")
+    return EXIT_OK
+
+
+def rm(name: str, force: bool, as_json: bool) -> int:
+    from isofeat import tasks
+
+    result = tasks.rm(Path.cwd(), name, force)
+    _print(result, as_json, f"removed task {name}")
+    return EXIT_OK
+
+
+def merge(name: str, allow_devcontainer: bool, as_json: bool) -> int:
+    from isofeat import tasks
+
+    result = tasks.merge(Path.cwd(), name, allow_devcontainer)
+    _print(result, as_json, f"merged {result['branch']} into {result['merged_into']}")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "task",
+        help="one worktree and one sandbox environment per task",
+        description="Tasks are git worktrees beside the repository (../<repo>-<NAME>, branch "
+        "task/<NAME>), each with its own Compose project, networks and volumes.",
+    )
+    verbs = parser.add_subparsers(dest="task_verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser("new", help="create a worktree (and with --up, its environment)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--base", metavar="REF", help="start from this ref (default: HEAD)")
+    p.add_argument("--up", action="store_true", help="bring the environment up (devcontainer up)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: new(a.name, a.base, a.up, a.json))
+
+    p = verbs.add_parser("list", help="tasks with ahead/behind, environment state, notifications")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: list_(a.json))
+
+    p = verbs.add_parser(
+        "rm", help="remove a task's containers, networks, volumes, notifications and worktree",
+        description="Removes exactly this task's Compose project resources, its notification "
+        "and state folders, and its worktree. The branch is deleted only when it is merged, "
+        "or with --force (which also discards uncommitted changes in the worktree).",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: rm(a.name, a.force, a.json))
+
+    p = verbs.add_parser("merge", help="merge task/NAME into the current branch (clean tree only)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--allow-devcontainer-changes", action="store_true",
+                   help="merge even when the task branch changes .devcontainer/")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: merge(a.name, a.allow_devcontainer_changes, a.json))
