@@ -20,6 +20,7 @@ from isofeat.errors import EXIT_INTERNAL, IsofeatError
 COMMAND_MODULES = (
     "isofeat.commands_whitelist",
     "isofeat.commands_proxy",
+    "isofeat.commands_image",
     "isofeat.commands_env",
     "isofeat.commands_task",
     "isofeat.commands_agents",

@@ -10,10 +10,10 @@ from pathlib import Path
 from isofeat.errors import EXIT_DENIED, EXIT_OK
 
 
-def init(workspace: Path, as_json: bool, quiet: bool) -> int:
+def init(workspace: Path, as_json: bool, quiet: bool, share: bool) -> int:
     from isofeat.envinit import init as run_init
 
-    result = run_init(workspace)
+    result = run_init(workspace, share=share)
     if as_json:
         print(json.dumps(result))
     elif not quiet:
@@ -54,7 +54,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("workspace", nargs="?", type=Path, default=Path.cwd(), metavar="WORKSPACE")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(func=lambda a: init(a.workspace, a.json, a.quiet))
+    p.add_argument(
+        "--no-share", action="store_true",
+        help="do not give the worktree to the sandbox group (gid 2000); then make it writable "
+        "for uid 1001 yourself",
+    )
+    p.set_defaults(func=lambda a: init(a.workspace, a.json, a.quiet, not a.no_share))
 
     p = sub.add_parser(
         "doctor",

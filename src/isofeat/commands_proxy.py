@@ -93,24 +93,32 @@ def _find_container(container: str | None, project: str | None, service: str) ->
     return found[0]
 
 
-def reload(container: str | None, project: str | None, service: str, wait: float) -> int:
-    """Tell a running proxy to re-read its config and filter (SIGUSR1), then check it lived.
+ENTRYPOINT = "/usr/local/lib/isofeat/proxy-entrypoint"
 
-    Tinyproxy 1.11 exits when the new filter is unreadable or holds a bad regex; that fails
-    closed (no proxy, no egress), and this command reports it rather than hiding it.
+
+def reload(container: str | None, project: str | None, service: str, wait: float) -> int:
+    """Make a running proxy re-read its config and filter, after checking them.
+
+    The image's entrypoint validates the mounted config exactly as at start (deny by default,
+    ERE, URL filtering, a non-empty filter of valid, anchored-length rules) and only then
+    sends SIGUSR1, on which tinyproxy re-reads both in place. A config that fails the checks
+    is not applied: the proxy keeps its previous rules, and this command exits 1.
     """
     target = _find_container(container, project, service)
-    target.kill(signal="SIGUSR1")  # type: ignore[attr-defined]  # docker SDK is untyped
+    name = target.name  # type: ignore[attr-defined]  # docker SDK is untyped
+    code, output = target.exec_run([ENTRYPOINT, "--reload"], user="tinyproxy")  # type: ignore[attr-defined]
+    text = output.decode("utf-8", "replace").strip()
+    if code != 0:
+        print(f"isofeat: proxy {name} refused the new config and keeps its previous rules:\n"
+              f"{text}", file=sys.stderr)
+        return EXIT_DENIED
     time.sleep(wait)
     target.reload()  # type: ignore[attr-defined]
     status = target.status  # type: ignore[attr-defined]
-    name = target.name  # type: ignore[attr-defined]
     if status != "running":
         tail = target.logs(tail=5).decode("utf-8", "replace")  # type: ignore[attr-defined]
-        print(
-            f"isofeat: proxy {name} stopped after reload ({status}); no traffic passes:\n{tail}",
-            file=sys.stderr,
-        )
+        print(f"isofeat: proxy {name} stopped after reload ({status}); no traffic passes:\n"
+              f"{tail}", file=sys.stderr)
         return EXIT_DENIED
     print(f"reloaded {name}")
     return EXIT_OK
@@ -192,9 +200,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser(
         "reload",
         help="make a running proxy re-read its config and filter (after `proxy render`)",
-        description="Sends SIGUSR1 to the proxy container; tinyproxy re-reads tinyproxy.conf "
-        "and the filter without a restart and without touching the sandbox container. "
-        "Render into the folder the proxy has mounted first.",
+        description="Checks the mounted config with the image's own entrypoint, then has "
+        "tinyproxy re-read tinyproxy.conf and the filter (SIGUSR1) without a restart and "
+        "without touching the sandbox container. A config that fails the checks is not "
+        "applied. Render into the folder the proxy has mounted first (or run isofeat init).",
     )
     p.add_argument("--container", help="the proxy container's name or id")
     p.add_argument("--project", help="a Compose project; its proxy service is reloaded")

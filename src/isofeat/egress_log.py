@@ -17,7 +17,9 @@ from isofeat.whitelist import DEFAULT_PORTS, LineError, Mode, Policy, parse_entr
 _REQUEST = re.compile(r"Request \(file descriptor (\d+)\): (\S+) (\S+)")
 _FILTERED = re.compile(r'Proxying refused on filtered (?:url|domain) "(.*)"\s*$')
 _BAD_PORT = re.compile(r"Refused CONNECT method on port (\d+)")
-_ACL = re.compile(r'Unauthorized connection from "(.*)" \[(.*)\]')
+#: Probes of our own (the image's healthcheck, `isofeat doctor`): denied on purpose, not news.
+OWN_PROBES = frozenset({"isofeat-healthcheck.invalid", "isofeat-doctor-denied.invalid",
+                        "isofeat-ready.invalid"})
 
 
 @dataclass
@@ -86,6 +88,8 @@ def parse(lines: Iterable[str]) -> Iterator[tuple[str, int, Mode, bool]]:
 def summarise(events: Iterable[tuple[str, int, Mode, bool]]) -> list[Record]:
     records: dict[tuple[str, int, Mode], Record] = {}
     for host, port, mode, allowed in events:
+        if host in OWN_PROBES:
+            continue
         rec = records.setdefault((host, port, mode), Record(host, port, mode))
         if allowed:
             rec.allowed += 1

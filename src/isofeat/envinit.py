@@ -179,6 +179,54 @@ def git_mounts(workspace: Path, state: Path) -> GitMounts:
     )
 
 
+def share_with_sandbox(workspace: Path) -> str:
+    """Make the worktree writable by the sandbox group (gid 2000), once.
+
+    The agent is uid 1001 in group ``dev`` (2000), which the host user shares. Folders get
+    group 2000, group write and setgid (new files inherit the group); files get group
+    read/write. Only the first open pays for the walk: a worktree whose root already has
+    group 2000 with write and setgid is left alone. macOS (Docker Desktop) maps ownership
+    on its own file sharing, so nothing is changed there.
+    """
+    import stat
+    import sys
+
+    if sys.platform == "darwin":
+        return "skipped (macOS file sharing)"
+    st = workspace.stat()
+    want = stat.S_IWGRP | stat.S_ISGID
+    if st.st_gid == SANDBOX_GID and st.st_mode & want == want:
+        return "already shared"
+    changed = 0
+    try:
+        for root, dirs, files in os.walk(workspace):
+            for name in (*dirs, *files):
+                path = os.path.join(root, name)
+                lst = os.lstat(path)
+                if stat.S_ISLNK(lst.st_mode):
+                    continue  # never follow a link out of the worktree
+                os.chown(path, -1, SANDBOX_GID)
+                mode = stat.S_IMODE(lst.st_mode)
+                # Group gets what the owner has (read, write, search), never more.
+                mode |= (mode & 0o700) >> 3
+                if stat.S_ISDIR(lst.st_mode):
+                    mode |= stat.S_ISGID | stat.S_IRWXG
+                os.chmod(path, mode)
+                changed += 1
+        os.chown(workspace, -1, SANDBOX_GID)
+        # Group rwx + setgid is the point: the sandbox group writes here. No world bits added.
+        os.chmod(workspace, stat.S_IMODE(st.st_mode) | stat.S_IRWXG | stat.S_ISGID)  # noqa: S103
+    except PermissionError as err:
+        raise IsofeatError(
+            f"{workspace}: cannot share the worktree with the sandbox group {SANDBOX_GID}: "
+            f"{err.strerror}: {err.filename}",
+            fix=f"add your user to group {SANDBOX_GID} (sudo groupadd -g {SANDBOX_GID} dev; "
+                "sudo usermod -aG dev $USER; log in again), or run "
+                f"`isofeat init --no-share` and fix permissions yourself (docs/template.md)",
+        ) from None
+    return f"shared {changed} paths with group {SANDBOX_GID}"
+
+
 def dind_subnet(env_id: str) -> str:
     third = int(hashlib.sha256(env_id.encode()).hexdigest()[:4], 16) % 256
     return f"{DIND_POOL[0]}.{DIND_POOL[1]}.{third}.0/24"
@@ -244,7 +292,9 @@ def _render_proxy(
     return len(policy.entries)
 
 
-def init(workspace: Path, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
+def init(
+    workspace: Path, environ: Mapping[str, str] = os.environ, *, share: bool = True
+) -> dict[str, object]:
     from isofeat.notify import ensure_env_notify_dir
 
     workspace = workspace.resolve()
@@ -270,6 +320,13 @@ def init(workspace: Path, environ: Mapping[str, str] = os.environ) -> dict[str, 
         notify = ensure_env_notify_dir(env_id, environ, mode=0o1777)
         notify_mode = "world-sticky"
 
+    git = git_mounts(workspace, state)
+    shared = "not asked (--no-share)"
+    if share:
+        shared = share_with_sandbox(workspace)
+        if git.common_target != NO_WORKTREE_TARGET:
+            # A linked worktree commits into the main repository's git folder.
+            shared += "; main git folder " + share_with_sandbox(Path(git.common))
     subnet = dind_subnet(env_id)
     sandbox_entries = _render_proxy(
         state / "proxy", defaults="sandbox", project_file=devcontainer / "whitelist.txt",
@@ -277,9 +334,9 @@ def init(workspace: Path, environ: Mapping[str, str] = os.environ) -> dict[str, 
     )
     dind_entries = _render_proxy(
         state / "dind-proxy", defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
-        settings=settings, allow_clients=(subnet,), environ=environ,
+        # Loopback too: the image's healthcheck must meet the filter, not the ACL's refusal.
+        settings=settings, allow_clients=(subnet, "127.0.0.1/32"), environ=environ,
     )
-    git = git_mounts(workspace, state)
     values = {
         "COMPOSE_PROJECT_NAME": project_name(env_id),
         "ISOFEAT_ENV_ID": env_id,
@@ -318,6 +375,7 @@ def init(workspace: Path, environ: Mapping[str, str] = os.environ) -> dict[str, 
         "dind_entries": dind_entries,
         "docker_in_docker": settings.docker_in_docker,
         "worktree": (workspace / ".git").is_file(),
+        "workspace_sharing": shared,
         "changed": changed,
     }
 

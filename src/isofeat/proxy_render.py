@@ -20,7 +20,9 @@ Why it looks the way it does (each point measured on Debian's tinyproxy 1.11.1):
   rebuilt URL has. The cost: a plain-HTTP URL whose path or query holds ``:<digit>`` is
   denied (HTTPS is not affected).
 * ``FilterType ere`` must be lower case: 1.11.1 silently reads ``ERE`` as BRE.
-* Tinyproxy cuts a filter line at the first space or ``#``; rules contain neither.
+* Tinyproxy cuts a filter line at the first space or ``#``; rules contain neither. It also
+  reads the filter in 512-byte chunks, so a longer line would become two rules, the second
+  unanchored: :data:`MAX_RULE_BYTES` is enforced (the longest legal name gives 424).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ HEALTHCHECK_HOST = "isofeat-healthcheck.invalid"
 #: because the image refuses to start on an empty one (a sign of a broken render).
 DENY_ALL_RULE = r"^isofeat-deny-all\.invalid:0$"
 
+MAX_RULE_BYTES = 511
 _ERE_SPECIAL = set(".[]()*+?{}|^$\\")
 # A label as it may appear on the wire; glibc's resolver refuses anything else.
 _WILDCARD_PREFIX = "([a-z0-9_-]+\\.)+"
@@ -59,6 +62,12 @@ def ere_escape(text: str) -> str:
 
 def _host_regex(entry: Entry) -> str:
     return (_WILDCARD_PREFIX if entry.wildcard else "") + ere_escape(entry.wire_host)
+
+
+def _comment(text: str) -> str:
+    """A comment line; control characters in paths must not start a new (rule) line."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return f"# {clean}"[: MAX_RULE_BYTES // 2]
 
 
 def rules_for(entry: Entry) -> list[str]:
@@ -169,8 +178,14 @@ def render(
     ]
     rule_count = 0
     for entry in policy.entries:
-        filter_lines.append(f"# {entry}  ({entry.source})")
+        filter_lines.append(_comment(f"{entry}  ({entry.source})"))
         for rule in rules_for(entry):
+            if len(rule.encode()) > MAX_RULE_BYTES:
+                raise IsofeatError(
+                    f"{entry.source}: {entry} compiles to a {len(rule)}-byte rule; tinyproxy "
+                    f"splits filter lines over {MAX_RULE_BYTES} bytes",
+                    fix="use a shorter name",
+                )
             filter_lines.append(rule)
             rule_count += 1
     if rule_count == 0:
@@ -180,7 +195,7 @@ def render(
 
     conf = [
         f"# isofeat {__version__} tinyproxy config: generated, do not edit.",
-        f"# Whitelist layers, in merge order: {', '.join(layers) or '(none)'}",
+        _comment(f"Whitelist layers, in merge order: {', '.join(layers) or '(none)'}"),
         "# Regenerate with `isofeat proxy render`; apply with `isofeat proxy reload`.",
         f"Port {PORT}",
         "Listen 0.0.0.0",

@@ -181,3 +181,23 @@ def test_env_ids_are_stable_across_processes(home: Path, tmp_path: Path) -> None
         for _ in range(2)
     }
     assert len(ids) == 1
+
+
+def test_init_shares_the_worktree_with_the_sandbox_group_once(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = project(tmp_path / "p")
+    (ws / "sub").mkdir()
+    (ws / "sub" / "f.txt").write_text("x")
+    os.chmod(ws / "sub" / "f.txt", 0o644)
+    (ws / "link").symlink_to("/etc/hostname")
+    first = run_init(ws, capsys)
+    assert str(first["workspace_sharing"]).startswith("shared")
+    for path in (ws, ws / "sub", ws / ".git", ws / "sub" / "f.txt"):
+        st = path.stat()
+        assert st.st_gid == 2000, path
+        assert st.st_mode & 0o020, path  # group write
+    assert (ws / "sub").stat().st_mode & 0o2000  # setgid: new files keep the group
+    assert (ws / "sub" / "f.txt").stat().st_mode & 0o777 == 0o664  # no execute, no world
+    assert Path("/etc/hostname").stat().st_gid != 2000  # links are not followed
+    assert run_init(ws, capsys)["workspace_sharing"] == "already shared"
