@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "isofeat.commands_task",
     "isofeat.commands_agents",
     "isofeat.commands_notify",
+    "isofeat.commands_scaffold",
 )
 
 

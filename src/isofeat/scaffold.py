@@ -1,0 +1,311 @@
+"""Add an isofeat ``.devcontainer/`` to a project with the cookiecutter template.
+
+``isofeat scaffold`` is a thin wrapper around ``cookiecutter <template> --directory
+templates/isofeat -o PROJECT``: the template's own ``pre_gen_project`` hook is the one place
+that validates the answers, so the CLI and plain cookiecutter refuse exactly the same values.
+What the wrapper adds is what cookiecutter cannot know: it refuses an existing
+``.devcontainer/`` before asking anything, rejects unknown variables (cookiecutter ignores
+them silently), and never hands cookiecutter a value it would evaluate as a Jinja template.
+
+This module also builds the Dev Container Template (``templates/devcontainer-template/``) from
+the same cookiecutter source: see :func:`devcontainer_template_files`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from isofeat.errors import IsofeatError
+
+#: Where the template lives inside the isofeat repository.
+TEMPLATE_DIRECTORY = "templates/isofeat"
+#: The template used when this package does not sit in a repository checkout.
+DEFAULT_TEMPLATE_REPO = "https://github.com/isofeat/isofeat"
+
+#: The variables a user may set, with the values ``isofeat scaffold`` passes when not given.
+VARIABLES: tuple[str, ...] = (
+    "project_name",
+    "base_image",
+    "agents",
+    "docker_in_docker",
+    "extra_whitelist",
+    "upstream_proxy",
+    "no_upstream",
+    "extra_ca_certs",
+    "features_source",
+    "features_oci_namespace",
+    "features_version",
+)
+_YES = {"yes", "y", "true", "1", "on"}
+_NO = {"no", "n", "false", "0", "off"}
+# Cookiecutter renders every value as a Jinja template before the hook sees it.
+_JINJA = re.compile(r"\{[{%#]")
+
+
+def repo_root() -> Path | None:
+    """The repository checkout this package runs from (an editable install), if any."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / TEMPLATE_DIRECTORY / "cookiecutter.json").is_file() else None
+
+
+def template_source(template: str | None) -> tuple[str, str | None]:
+    """``(template, directory)`` for cookiecutter: the given one, the checkout's, or GitHub's."""
+    if template:
+        path = Path(template).expanduser()
+        if (path / "cookiecutter.json").is_file():
+            return str(path.resolve()), None
+        if (path / TEMPLATE_DIRECTORY / "cookiecutter.json").is_file():
+            return str(path.resolve()), TEMPLATE_DIRECTORY
+        # A URL or cookiecutter abbreviation (gh:owner/repo): the repository's layout.
+        return template, TEMPLATE_DIRECTORY
+    root = repo_root()
+    if root is not None:
+        return str(root / TEMPLATE_DIRECTORY), None
+    return DEFAULT_TEMPLATE_REPO, TEMPLATE_DIRECTORY
+
+
+def parse_assignments(pairs: Sequence[str], cwd: Path) -> dict[str, str]:
+    """``key=value`` arguments into cookiecutter's extra context, checked and normalised."""
+    context: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise IsofeatError(
+                f"{pair!r} is not key=value", fix="write e.g. docker_in_docker=yes agents=claude"
+            )
+        if key not in VARIABLES:
+            raise IsofeatError(
+                f"unknown template variable {key!r}", fix=f"use one of {', '.join(VARIABLES)}"
+            )
+        if _JINJA.search(value):
+            raise IsofeatError(
+                f"{key}: {value!r} contains '{{{{', '{{%' or '{{#', which cookiecutter would run "
+                "as a template",
+                fix="remove the braces from the value",
+            )
+        if key == "docker_in_docker" and value.strip().lower() in _YES | _NO:
+            value = "yes" if value.strip().lower() in _YES else "no"
+        if key == "extra_ca_certs" and value.strip() and not value.strip().startswith(("/", "~")):
+            # The hook runs in .devcontainer/; a relative path means the caller's folder.
+            value = str((cwd / value.strip()).resolve())
+        context[key] = value
+    return context
+
+
+def scaffold(
+    project_dir: Path,
+    assignments: Sequence[str] = (),
+    *,
+    no_input: bool = False,
+    force: bool = False,
+    template: str | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Add ``PROJECT_DIR/.devcontainer/`` with the cookiecutter template; return 0."""
+    cwd = cwd or Path.cwd()
+    project = (cwd / project_dir).resolve() if not project_dir.is_absolute() else project_dir
+    if not project.is_dir():
+        raise IsofeatError(f"{project}: no such folder", fix="give the project's folder")
+    target = project / ".devcontainer"
+    if target.is_symlink():
+        raise IsofeatError(
+            f"{target} is a symbolic link; nothing was changed",
+            fix="replace the link with a real folder, or remove it",
+        )
+    if target.exists() and not force:
+        present = ", ".join(sorted(p.name for p in target.iterdir())) if target.is_dir() else ""
+        raise IsofeatError(
+            f"{target} already exists{f' (it holds {present})' if present else ''}; "
+            "nothing was changed",
+            fix="move it away, or add --force to replace the template's files in it "
+            "(other files stay, and the replaced ones are listed)",
+        )
+    context = parse_assignments(assignments, cwd)
+    if force:
+        context["_force"] = "yes"
+    source, directory = template_source(template)
+
+    from cookiecutter.exceptions import (
+        CookiecutterException,
+        FailedHookException,
+        OutputDirExistsException,
+        RepositoryCloneFailed,
+        RepositoryNotFound,
+    )
+    from cookiecutter.main import cookiecutter
+
+    # Cookiecutter logs a failing hook with a traceback; the hook's ERROR lines are the message.
+    logging.getLogger("cookiecutter").addHandler(logging.NullHandler())
+    try:
+        cookiecutter(
+            source,
+            directory=directory,
+            no_input=no_input,
+            extra_context=context,
+            output_dir=str(project),
+            overwrite_if_exists=force,
+            # The template's defaults, not a ~/.cookiecutterrc's default_context.
+            default_config=True,
+        )
+    except FailedHookException:
+        raise IsofeatError(
+            "the template refused these values (the ERROR lines above say which and why); "
+            "nothing was written",
+            fix="correct the values named above and run again",
+        ) from None
+    except OutputDirExistsException as err:
+        raise IsofeatError(str(err), fix="move .devcontainer/ away, or add --force") from None
+    except (RepositoryNotFound, RepositoryCloneFailed) as err:
+        raise IsofeatError(
+            f"cannot get the template from {source}: {err}",
+            fix="pass --template PATH to an isofeat checkout",
+        ) from None
+    except ValueError as err:
+        # Cookiecutter's message for a value that is not one of a choice variable's choices.
+        raise IsofeatError(str(err), fix="use one of the choices named") from None
+    except CookiecutterException as err:
+        raise IsofeatError(f"cookiecutter failed: {err}", fix="see the message above") from None
+    return 0
+
+
+# --------------------------------------------------------------------------- Dev Container Template
+
+#: Version of the Dev Container Template; bump it when the generated files change meaning.
+DEVCONTAINER_TEMPLATE_VERSION = "1.0.0"
+DEVCONTAINER_TEMPLATE_ID = "isofeat"
+#: Where the generated Dev Container Template lives in the repository.
+DEVCONTAINER_TEMPLATE_DIR = "templates/devcontainer-template"
+
+
+def devcontainer_template_metadata() -> dict[str, object]:
+    """``devcontainer-template.json``: its options are the ``${templateOption:...}`` spots."""
+    return {
+        "id": DEVCONTAINER_TEMPLATE_ID,
+        "version": DEVCONTAINER_TEMPLATE_VERSION,
+        "name": "isofeat sandbox for AI coding agents",
+        "description": (
+            "A dev container in which Claude Code, Codex CLI and Gemini CLI work as a non-root "
+            "user without sudo, on an internal network whose only way out is a deny-by-default "
+            "egress proxy. Needs isofeat on the host (pipx install isofeat): its "
+            "initializeCommand renders the proxy configuration on every open."
+        ),
+        "documentationURL": "https://github.com/isofeat/isofeat/blob/main/docs/template.md",
+        "licenseURL": "https://github.com/isofeat/isofeat/blob/main/LICENSE",
+        "publisher": "isofeat",
+        "options": {
+            "baseImage": {
+                "type": "string",
+                "description": "Base image (Debian or Ubuntu) the isofeat Features are added to.",
+                "proposals": ["isofeat/base:bookworm", "debian:bookworm-slim"],
+                "default": "isofeat/base:bookworm",
+            },
+            "featuresNamespace": {
+                "type": "string",
+                "description": "Registry namespace the isofeat Features are published under.",
+                "proposals": ["ghcr.io/isofeat/features"],
+                "default": "ghcr.io/isofeat/features",
+            },
+            "claude": {"type": "boolean", "description": "Install Claude Code.", "default": True},
+            "codex": {"type": "boolean", "description": "Install Codex CLI.", "default": True},
+            "gemini": {"type": "boolean", "description": "Install Gemini CLI.", "default": True},
+        },
+        "platforms": ["Any"],
+        "optionalPaths": [".devcontainer/compose.override.example.yaml"],
+    }
+
+
+_NOTES = """\
+## Before you open it
+
+Install isofeat on the host (`pipx install isofeat`) and build its images
+(`isofeat image build`). Every open runs `isofeat init` on the host (the `initializeCommand`),
+which renders the egress proxy's configuration and writes `.devcontainer/.env`.
+
+## What you get
+
+`dev`, the agent's container, on an internal network only, without capabilities, sudo or
+IPv6, and `proxy`, which allows the hosts in `.devcontainer/whitelist.txt` (on top of
+isofeat's built-in list) and nothing else. `.devcontainer/` and the git hooks and config are
+mounted read-only in the container. `isofeat doctor` checks all of it at every start.
+
+Docker-in-Docker, extra CA certificates, an upstream proxy and offline (local) Features are
+options of the cookiecutter template this one is generated from: use
+`isofeat scaffold docker_in_docker=yes` (see docs/template.md).
+
+This template is generated by `scripts/build-devcontainer-template` from
+`templates/isofeat/`; edit that, not these files.
+"""
+
+
+def devcontainer_template_files(template_dir: Path | None = None) -> dict[str, bytes]:
+    """Every file of the Dev Container Template, by path relative to its ``src/`` folder.
+
+    Bakes the cookiecutter template with its defaults in "Dev Container Template" mode, in
+    which the option spots render as ``${templateOption:NAME}``.
+    """
+    from cookiecutter.main import cookiecutter
+
+    root = repo_root()
+    if template_dir is None:
+        if root is None:
+            raise IsofeatError(
+                "the Dev Container Template is built from a repository checkout",
+                fix="run scripts/build-devcontainer-template in the isofeat repository",
+            )
+        template_dir = root / TEMPLATE_DIRECTORY
+    with tempfile.TemporaryDirectory(prefix="isofeat-dct-") as tmp:
+        out = Path(tmp)
+        # Cookiecutter's replay file and clone cache go to this temporary folder, and no
+        # ~/.cookiecutterrc can change the defaults.
+        config = out / "cookiecutterrc.yaml"
+        config.write_text(
+            json.dumps({"replay_dir": str(out / "replay"), "cookiecutters_dir": str(out / "cc")})
+        )
+        cookiecutter(
+            str(template_dir),
+            no_input=True,
+            output_dir=str(out / "project"),
+            config_file=str(config),
+            extra_context={"_devcontainer_template": "yes"},
+        )
+        base = out / "project"
+        files = {
+            f"{DEVCONTAINER_TEMPLATE_ID}/{path.relative_to(base).as_posix()}": path.read_bytes()
+            for path in sorted(base.rglob("*"))
+            if path.is_file()
+        }
+    metadata = json.dumps(devcontainer_template_metadata(), indent=4) + "\n"
+    files[f"{DEVCONTAINER_TEMPLATE_ID}/devcontainer-template.json"] = metadata.encode()
+    files[f"{DEVCONTAINER_TEMPLATE_ID}/NOTES.md"] = _NOTES.encode()
+    return dict(sorted(files.items()))
+
+
+def committed_devcontainer_template(src: Path) -> dict[str, bytes]:
+    """The files under ``templates/devcontainer-template/src`` as they are on disk."""
+    return {
+        path.relative_to(src).as_posix(): path.read_bytes()
+        for path in sorted(src.rglob("*"))
+        if path.is_file()
+    }
+
+
+def write_devcontainer_template(src: Path, files: Mapping[str, bytes]) -> list[str]:
+    """Make ``src`` hold exactly ``files``; return the paths that changed."""
+    from isofeat.atomic import write_text
+
+    changed = []
+    current = committed_devcontainer_template(src) if src.is_dir() else {}
+    for rel in sorted(set(current) - set(files)):
+        (src / rel).unlink()
+        changed.append(rel)
+    for rel, data in files.items():
+        if current.get(rel) != data:
+            write_text(src / rel, data.decode("utf-8"))
+            changed.append(rel)
+    return changed
