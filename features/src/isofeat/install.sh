@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# isofeat: install the isofeat helper package into its own virtual environment (/opt/isofeat/venv),
+# link `isofeat` and `run-claude` into /usr/local/bin, and generate the postStartCommand script
+# that runs the sandbox self-test (`isofeat doctor`). The package comes from PyPI, or offline from
+# wheels/ inside this Feature's folder (tests build it from the repository). Safe to run twice.
+
+SOURCE="${SOURCE:-"auto"}"
+VERSION="${VERSION:-"latest"}"
+SELF_TEST="${SELFTEST:-"true"}"
+
+set -euo pipefail
+
+FEATURE="isofeat"
+FEATURE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+WHEELS_DIR="$FEATURE_DIR/wheels"
+VENV=/opt/isofeat/venv
+POST_START=/usr/local/share/isofeat/post-start
+
+die() { echo "ERROR (${FEATURE}): $*" >&2; exit 1; }
+log() { echo "${FEATURE}: $*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    die "install.sh must run as root. The devcontainer CLI runs Features as root; by hand, use 'docker run -u root ...'."
+fi
+
+# --- helpers -------------------------------------------------------------------------------
+
+check_platform() {
+    local id="" like=""
+    if [ -r /etc/os-release ]; then
+        id="$(. /etc/os-release && echo "${ID:-}")"
+        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
+    fi
+    case " ${id} ${like} " in
+        *" debian "* | *" ubuntu "*) ;;
+        *) die "unsupported distribution '${id:-unknown}': this Feature needs Debian or Ubuntu (apt, python3-venv). Use a Debian or Ubuntu base image." ;;
+    esac
+    # Architecture-independent: isofeat is pure Python (its dependencies ship wheels for
+    # x86_64 and aarch64 and fall back to source builds elsewhere).
+}
+
+# The proxy named by egress-proxy's containerEnv exists only at run time; while the image is
+# built its name does not resolve. Ignore such a proxy for our downloads (a build proxy that
+# resolves is kept).
+build_network_env() {
+    local var url host
+    for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
+        url="${!var:-}"
+        [ -n "$url" ] || continue
+        host="${url#*://}"
+        host="${host##*@}"
+        host="${host%%/*}"
+        if [[ "$host" == \[* ]]; then host="${host#[}"; host="${host%%]*}"; else host="${host%%:*}"; fi
+        if ! getent hosts "$host" >/dev/null 2>&1; then
+            log "not using ${var}=${url} while building: ${host} does not resolve here (it is the sandbox's run-time proxy)"
+            unset "$var"
+        fi
+    done
+}
+
+apt_get_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    log "installing ${missing[*]} (apt)"
+    apt-get update -qq --error-on=any || die "apt-get update failed (see above)."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed (see above)."
+}
+
+# Write FILE with CONTENT only when it differs.
+write_if_changed() {
+    local file="$1" content="$2" mode="$3"
+    if [ ! -f "$file" ] || [ "$(cat "$file")" != "$content" ]; then
+        mkdir -p "$(dirname "$file")"
+        printf '%s\n' "$content" >"$file"
+        log "wrote ${file}"
+    fi
+    chmod "$mode" "$file"
+}
+
+validate_options() {
+    case "$SOURCE" in auto | pypi | wheels) ;; *) die "source must be auto, pypi or wheels, not '${SOURCE}'." ;; esac
+    [[ "$VERSION" =~ ^(latest|[0-9]+(\.[0-9]+)*([a-z0-9.+-]*)?)$ ]] \
+        || die "version '${VERSION}' must be 'latest' or a version number like 0.1.0."
+    [ "$SELF_TEST" = true ] || [ "$SELF_TEST" = false ] || die "selfTest must be true or false, not '${SELF_TEST}'."
+}
+
+local_wheel() {
+    [ -d "$WHEELS_DIR" ] || return 0
+    find "$WHEELS_DIR" -maxdepth 1 -name 'isofeat-*.whl' | sort | tail -n1
+}
+
+installed_version() {
+    [ -x "$VENV/bin/python" ] || return 0
+    "$VENV/bin/python" -c 'from importlib.metadata import version; print(version("isofeat"))' 2>/dev/null || true
+}
+
+ensure_python() {
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        apt_get_install python3 python3-venv
+    fi
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+        || die "isofeat needs Python 3.10 or newer; this image has $(python3 --version 2>&1). Use a newer base image (Debian 12+, Ubuntu 22.04+)."
+}
+
+install_package() {
+    local wheel want have
+    wheel="$(local_wheel)"
+    case "$SOURCE" in
+        wheels) [ -n "$wheel" ] || die "source=wheels but ${WHEELS_DIR} holds no isofeat-*.whl. Build one: pip wheel --no-deps <repo> -w ${WHEELS_DIR}" ;;
+        pypi) wheel="" ;;
+        auto) ;;
+    esac
+    if [ -n "$wheel" ]; then
+        # isofeat-<version>-py3-none-any.whl
+        want="$(basename "$wheel" | cut -d- -f2)"
+        if [ "$VERSION" != latest ] && [ "$VERSION" != "$want" ]; then
+            die "version=${VERSION} but the wheel in ${WHEELS_DIR} is ${want}. Set version to ${want} or latest."
+        fi
+    else
+        want="$VERSION"
+    fi
+    have="$(installed_version)"
+    if [ -n "$have" ] && { [ "$want" = latest ] || [ "$want" = "$have" ]; }; then
+        log "isofeat ${have} already installed in ${VENV}"
+        return 0
+    fi
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    local pip=("$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir)
+    if [ -n "$wheel" ]; then
+        log "installing $(basename "$wheel") from ${WHEELS_DIR}"
+        # Dependencies come from wheels/ when they are there, else from the index.
+        "${pip[@]}" --find-links "$WHEELS_DIR" "$wheel" \
+            || die "pip could not install ${wheel} (see above)."
+    else
+        local spec="isofeat"
+        [ "$want" = latest ] || spec="isofeat==${want}"
+        log "installing ${spec} from PyPI"
+        "${pip[@]}" --upgrade "$spec" \
+            || die "pip install ${spec} failed (see above). Check the build's network and CA certificates (PIP_CERT), or use source=wheels."
+    fi
+}
+
+link_commands() {
+    local cmd
+    for cmd in isofeat run-claude; do
+        [ -x "$VENV/bin/$cmd" ] || die "${VENV}/bin/${cmd} is missing: the installed isofeat does not provide it."
+        ln -sfn "$VENV/bin/$cmd" "/usr/local/bin/$cmd"
+    done
+}
+
+write_post_start() {
+    # Generated at build time with the option baked in (postStartCommand cannot see options).
+    if [ "$SELF_TEST" = true ]; then
+        write_if_changed "$POST_START" "#!/bin/sh
+# isofeat Feature: the postStartCommand. A failing self-test fails the start, on purpose.
+exec /usr/local/bin/isofeat doctor" 0755
+    else
+        write_if_changed "$POST_START" "#!/bin/sh
+# isofeat Feature: the postStartCommand. The self-test was turned off (selfTest=false) when
+# this image was built: the isofeat template runs 'isofeat doctor' from devcontainer.json
+# itself, so this stays silent. Run 'isofeat doctor' by hand to check the sandbox.
+exit 0" 0755
+    fi
+}
+
+# --- work ----------------------------------------------------------------------------------
+
+check_platform
+validate_options
+build_network_env
+ensure_python
+install_package
+link_commands
+write_post_start
+log "ready: $(/usr/local/bin/isofeat --version)"
+
+# --- cleanup -------------------------------------------------------------------------------
+rm -rf /root/.cache/pip /var/lib/apt/lists/*
