@@ -77,26 +77,26 @@ def find_task(repo: Any, name: str) -> dict[str, str] | None:
     return None
 
 
-def copy_listed_files(main: Path, dest: Path, names: Sequence[str]) -> list[str]:
-    """Copy untracked files the project lists (``copyToTasks``) into a new worktree."""
+def copy_listed_files(main: Path, dest: Path, patterns: Sequence[str]) -> list[str]:
+    """Copy the untracked files the project lists (``copyToTasks``, globs allowed) into a new
+    worktree: secrets such as ``.env``, or the locally built wheel of the local Features."""
     copied = []
-    for rel in names:
-        path = Path(rel)
-        if path.is_absolute() or ".." in path.parts:
-            raise IsofeatError(f"copyToTasks: {rel!r} must be a path inside the repository",
-                               fix="list relative paths such as .env")
-        src = main / path
-        if not src.exists():
-            continue
-        if src.is_symlink() or not src.is_file():
-            raise IsofeatError(f"copyToTasks: {rel!r} is not a regular file",
-                               fix="list regular files only (no folders or symlinks)")
-        target = dest / path
-        if target.exists():
-            continue  # tracked in the branch, or already there: never overwrite
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-        copied.append(rel)
+    for pattern in patterns:
+        rel_pattern = Path(pattern)
+        if rel_pattern.is_absolute() or ".." in rel_pattern.parts:
+            raise IsofeatError(f"copyToTasks: {pattern!r} must be a path inside the repository",
+                               fix="list relative paths or patterns such as .env or *.whl")
+        for src in sorted(main.glob(pattern)):
+            rel = src.relative_to(main)
+            if src.is_symlink() or not src.is_file():
+                raise IsofeatError(f"copyToTasks: {rel} is not a regular file",
+                                   fix="list regular files only (no folders or symlinks)")
+            target = dest / rel
+            if target.exists():
+                continue  # tracked in the branch, or already there: never overwrite
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+            copied.append(str(rel))
     return copied
 
 

@@ -29,13 +29,17 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t.invalid")
     root = tmp_path / "proj"
     (root / ".devcontainer").mkdir(parents=True)
-    (root / ".devcontainer" / "isofeat.json").write_text(json.dumps({"copyToTasks": [".env"]}))
-    (root / ".gitignore").write_text(".env\n")
+    (root / ".devcontainer" / "isofeat.json").write_text(
+        json.dumps({"copyToTasks": [".env", "wheels/*.whl"]})
+    )
+    (root / ".gitignore").write_text(".env\nwheels/\n")
     (root / "app.py").write_text("print('hi')\n")
     git("init", "-q", "-b", "main", cwd=root)
     git("add", ".", cwd=root)
     git("commit", "-qm", "init", cwd=root)
     (root / ".env").write_text("SECRET=local\n")
+    (root / "wheels").mkdir()
+    (root / "wheels" / "isofeat-0.1.0-py3-none-any.whl").write_bytes(b"PK")
     monkeypatch.chdir(root)
     return root
 
@@ -73,7 +77,8 @@ def test_new_creates_worktree_branch_and_copies_listed_files(
     assert result["path"] == str(path) and result["branch"] == "task/demo"
     assert (path / "app.py").is_file()
     assert (path / ".env").read_text() == "SECRET=local\n"
-    assert result["copied"] == [".env"]
+    assert result["copied"] == [".env", "wheels/isofeat-0.1.0-py3-none-any.whl"]
+    assert (path / "wheels" / "isofeat-0.1.0-py3-none-any.whl").read_bytes() == b"PK"
     assert "task/demo" in git("branch", "--list", cwd=repo)
     assert main(["task", "new", "demo"]) == 2  # exists already
     assert "already exists" in capsys.readouterr().err

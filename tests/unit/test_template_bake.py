@@ -311,6 +311,7 @@ def test_default_whitelist_has_no_entries_but_lints_clean(project: Path) -> None
     assert parse_text(text, "whitelist.txt") == ([], [])
     assert json.loads((project / ".devcontainer" / "isofeat.json").read_text()) == {
         "dockerInDocker": False, "upstream": None, "noUpstream": [], "extraCaCerts": None,
+        "copyToTasks": [".env"],
     }  # fmt: skip
 
 

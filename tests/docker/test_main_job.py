@@ -1,0 +1,173 @@
+"""The main job, end to end: template -> `devcontainer up` -> `isofeat doctor` -> attacks.
+
+This is what the README's first command does on the demo project, with the real
+devcontainer CLI, Compose, the real images and the Features from this repository. Every
+attack runs inside the sandbox as the agent and asserts an application-level result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from isofeat.envinit import env_id_for, project_name
+from isofeat.tasks import remove_environment
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def need(tool: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        pytest.fail(f"{tool} is not installed; scripts/bootstrap installs it")
+    return found
+
+
+def host_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["XDG_STATE_HOME"] = str(home / "state")
+    env["XDG_CONFIG_HOME"] = str(home / "config")
+    return env
+
+
+def bake(root: Path, env: dict[str, str], **answers: str) -> Path:
+    """The demo project as a git repository with the template applied (like scripts/demo)."""
+    shutil.copytree(REPO / "examples" / "demo-project", root)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=root, check=True)
+    pairs = [f"{k}={v}" for k, v in {"features_source": "local", **answers}.items()]
+    subprocess.run([sys.executable, "-m", "isofeat", "scaffold", "--no-input", *pairs],
+                   cwd=root, env=env, check=True, capture_output=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "demo"], cwd=root, check=True)
+    return root
+
+
+def up(ws: Path, env: dict[str, str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [need("devcontainer"), "up", "--workspace-folder", str(ws)],
+        capture_output=True, text=True, env=env, check=False, timeout=1800,
+    )
+    lines = result.stdout.strip().splitlines()
+    outcome: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    assert outcome.get("outcome") == "success", (result.stdout[-3000:], result.stderr[-6000:])
+    return outcome
+
+
+def run_in(ws: Path, env: dict[str, str], script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in the sandbox as the agent (remoteUser), through the devcontainer CLI."""
+    return subprocess.run(
+        ["devcontainer", "exec", "--workspace-folder", str(ws), "bash", "-c", script],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )
+
+
+@pytest.fixture
+def environment(
+    request: pytest.FixtureRequest, tmp_path: Path, base_image: str, proxy_image: str,
+    dind_image: str,
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    dind = request.param
+    env = host_env(tmp_path)
+    ws = bake(tmp_path / "demo", env, docker_in_docker=dind, project_name="e2e demo")
+    try:
+        yield ws, env
+    finally:
+        remove_environment(project_name(env_id_for(ws)), lambda _m: None)
+
+
+@pytest.mark.parametrize("environment", ["no", "yes"], indirect=True, ids=["plain", "dind"])
+def test_main_job_up_doctor_attacks_and_warm_reopen(
+    environment: tuple[Path, dict[str, str]],
+) -> None:
+    ws, env = environment
+    started = time.monotonic()
+    first = up(ws, env)
+    cold = time.monotonic() - started
+
+    # The self-test, as the agent, with every check in its JSON.
+    doctor = run_in(ws, env, "isofeat doctor --json")
+    report = json.loads(doctor.stdout)
+    names = {c["name"]: c for c in report["checks"]}
+    assert doctor.returncode == 0 and report["ok"], json.dumps(report, indent=2)
+    for needed in ("user", "capabilities", "no-sudo", "no-docker-socket", "writes", "proxy-env",
+                   "direct-egress", "dns", "ipv6", "proxy-denies", "proxy-allows"):
+        assert names[needed]["ok"], names[needed]
+
+    # Acceptance: the agent's view of its box.
+    checks = run_in(ws, env, r"""
+        set -u
+        echo "uid=$(id -u) gid=$(id -g)"
+        command -v sudo >/dev/null && echo "sudo=present" || echo "sudo=absent"
+        for tool in curl git; do command -v "$tool" >/dev/null && echo "have-$tool"; done
+        # Open for append with the shell itself: no tool that could be missing decides this.
+        w() { ( : >> "$1" ) 2>/dev/null && echo "$2=writable" || echo "$2=read-only"; }
+        w /workspace/.devcontainer/x devcontainer
+        w /workspace/.git/hooks/post-checkout hooks
+        w /workspace/.git/config gitconfig
+        w /usr/x usr
+        w /workspace/agent-was-here workspace
+        # Direct egress, even to an allowed host, with the proxy variables ignored:
+        # curl must fail to resolve (6), to connect (7) or time out (28).
+        curl -sS --noproxy '*' --max-time 5 -o /dev/null https://github.com 2>/dev/null
+        echo "direct=$?"
+        env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy \
+            curl -sS --max-time 5 -o /dev/null http://1.1.1.1/ 2>/dev/null
+        echo "raw-ip=$?"
+        # A lookalike of an allowed host, through the proxy: the proxy's 403.
+        echo "lookalike=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
+            http://github.com.attacker.test/)"
+        echo "lookalike-connect=$(curl -s -o /dev/null -w '%{http_connect}' --max-time 10 \
+            https://github.com.attacker.test/)"
+        getent hosts example.com >/dev/null && echo "dns=resolves" || echo "dns=none"
+        """)
+    out = checks.stdout
+    for expected in ("uid=1001 gid=2000", "sudo=absent", "have-curl", "have-git",
+                     "devcontainer=read-only", "hooks=read-only", "gitconfig=read-only",
+                     "usr=read-only", "workspace=writable", "lookalike=403",
+                     "lookalike-connect=403", "dns=none"):
+        assert expected in out, (expected, out, checks.stderr[-2000:])
+    direct = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert direct["direct"] in {"6", "7", "28"}, out
+    assert direct["raw-ip"] in {"7", "28"}, out
+    assert not (ws / ".git" / "hooks" / "post-checkout").exists()
+
+    # A warm reopen reuses the running environment.
+    started = time.monotonic()
+    second = up(ws, env)
+    warm = time.monotonic() - started
+    assert second["containerId"] == first["containerId"]
+    print(f"\nmain job: cold up {cold:.1f}s, warm up {warm:.1f}s", file=sys.stderr)
+
+    if (ws / ".devcontainer" / "compose.dind.yaml").exists():
+        dind = run_in(ws, env, r"""
+            set -u
+            for i in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+            docker info --format 'engine={{.ServerVersion}}'
+            # Nothing can be pulled: import a tiny image made of /usr/bin/true and its libraries.
+            tar -chf /tmp/mini.tar $(ldd /usr/bin/true | grep -o '/[^ ]*') /usr/bin/true \
+                2>/dev/null
+            docker import /tmp/mini.tar isofeat-mini:1 >/dev/null
+            docker run --rm isofeat-mini:1 /usr/bin/true && echo "nested-run=ok" \
+                || echo "nested-run=failed"
+            # The Docker-in-Docker proxy is not for the sandbox (case 10).
+            curl -s -o /dev/null -w 'dind-proxy=%{http_code}\n' --max-time 5 \
+                -x http://docker-proxy:8888 https://registry-1.docker.io/ \
+                || echo "dind-proxy=unreachable"
+            """)
+        assert "engine=" in dind.stdout, (dind.stdout, dind.stderr[-3000:])
+        assert "nested-run=ok" in dind.stdout, (dind.stdout, dind.stderr[-3000:])
+        assert ("dind-proxy=unreachable" in dind.stdout
+                or "dind-proxy=403" in dind.stdout), dind.stdout
