@@ -5,7 +5,9 @@ Everything created here carries the label ``isofeat.test=<run id>`` and is remov
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import socket
 import time
 import uuid
@@ -32,6 +34,34 @@ def status_of(data: bytes) -> int | None:
     return None
 
 
+# Runs inside the client container, which shares only an internal network with the proxy (as
+# the sandbox does): sends each base64 payload on its own connection to proxy:8888 and prints
+# the base64 answers (null when the connection was refused or reset before any answer).
+CLIENT_SCRIPT = r"""
+import base64, json, socket, sys
+out = []
+for item in json.loads(sys.argv[1]):
+    payload = base64.b64decode(item)
+    data = b""
+    try:
+        with socket.create_connection(("proxy", 8888), timeout=10) as s:
+            s.sendall(payload)
+            while len(data) < 65536:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if payload.startswith(b"CONNECT") and b"\r\n\r\n" in data:
+                    break
+    except OSError:
+        pass
+    out.append(base64.b64encode(data[:8192]).decode() if data else None)
+print(json.dumps(out))
+"""
+# Kernel limit on one argv string is 128 KiB; stay well under it per exec.
+BATCH_BYTES = 90_000
+
+
 @dataclass
 class RunningProxy:
     container: Any
@@ -39,8 +69,49 @@ class RunningProxy:
     out: Path
     name: str
     networks: list[str] = field(default_factory=list)
+    #: A container on an internal network shared only with the proxy; requests come from it.
+    client: Any = None
 
-    def raw(self, payload: bytes, *, read: int = 65536, timeout: float = 10.0) -> bytes:
+    def raw_many(self, payloads: Sequence[bytes]) -> list[bytes]:
+        """Send each payload on its own connection, from the client container when there is
+        one (the sandbox's position), else from the host through the published port."""
+        if self.client is None:
+            return [self._raw_from_host(p) for p in payloads]
+        answers: list[bytes] = []
+        batch: list[str] = []
+        size = 0
+        for payload in [*payloads, None]:
+            encoded = base64.b64encode(payload).decode() if payload is not None else ""
+            if batch and (payload is None or size + len(encoded) > BATCH_BYTES):
+                code, output = self.client.exec_run(
+                    ["python3", "-c", CLIENT_SCRIPT, json.dumps(batch)]
+                )
+                assert code == 0, output.decode()[-2000:]
+                answers += [
+                    base64.b64decode(a) if a else b""
+                    for a in json.loads(output.decode().strip().splitlines()[-1])
+                ]
+                batch, size = [], 0
+            if payload is not None:
+                batch.append(encoded)
+                size += len(encoded)
+        return answers
+
+    def raw(self, payload: bytes) -> bytes:
+        return self.raw_many([payload])[0]
+
+    def statuses(self, payloads: Sequence[bytes]) -> list[int | None]:
+        return [status_of(a) for a in self.raw_many(payloads)]
+
+    @staticmethod
+    def http_request(target: str) -> bytes:
+        return f"GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+
+    @staticmethod
+    def connect_request(target: str) -> bytes:
+        return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+
+    def _raw_from_host(self, payload: bytes, *, read: int = 65536, timeout: float = 10.0) -> bytes:
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(payload)
             data = b""
@@ -56,14 +127,11 @@ class RunningProxy:
                 pass
             return data
 
-    def http(self, target: str, *, host_header: str | None = None) -> int | None:
-        headers = f"Host: {host_header}\r\n" if host_header else ""
-        return status_of(
-            self.raw(f"GET {target} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n".encode())
-        )
+    def http(self, target: str) -> int | None:
+        return status_of(self.raw(self.http_request(target)))
 
     def connect(self, target: str) -> int | None:
-        return status_of(self.raw(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()))
+        return status_of(self.raw(self.connect_request(target)))
 
     def tunnel_get(self, target: str) -> bytes:
         """CONNECT, then send a request through the tunnel; return what the far end answered."""
@@ -96,7 +164,8 @@ def wait_ready(proxy: RunningProxy, deadline: float = 30.0) -> None:
         if proxy.container.status == "exited":
             raise AssertionError(f"proxy exited at start:\n{proxy.logs()}")
         try:
-            if proxy.connect("isofeat-ready.invalid:443") == 403:
+            probe = proxy._raw_from_host(proxy.connect_request("isofeat-ready.invalid:443"))
+            if status_of(probe) == 403:
                 return
         except OSError as err:
             last = err
@@ -172,9 +241,15 @@ def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def start_proxy(
-    docker_client: Any, proxy_image: str, tmp_path: Path, run_container: Callable[..., Any]
+    docker_client: Any,
+    proxy_image: str,
+    tmp_path: Path,
+    run_container: Callable[..., Any],
+    make_network: Callable[..., Any],
+    netkit_image: str,
 ) -> Callable[..., RunningProxy]:
-    """Render a whitelist with the real CLI and run the real proxy image on it."""
+    """Render a whitelist with the real CLI and run the real proxy image on it, with a client
+    container that shares only an ``internal: true`` network with it, as the sandbox does."""
 
     def start(
         whitelist: str,
@@ -182,6 +257,7 @@ def start_proxy(
         networks: Sequence[Any] = (),
         extra_hosts: dict[str, str] | None = None,
         expect_ready: bool = True,
+        with_client: bool = True,
     ) -> RunningProxy:
         out = tmp_path / f"proxy-{uuid.uuid4().hex[:6]}"
         wl = tmp_path / f"wl-{uuid.uuid4().hex[:6]}.txt"
@@ -207,6 +283,7 @@ def start_proxy(
             ports={"8888/tcp": ("127.0.0.1", None)},
             # Allowed-but-unknown names then fail fast instead of waiting on a resolver.
             dns=["127.0.0.1"],
+            dns_opt=["timeout:1", "attempts:1"],
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
@@ -219,6 +296,12 @@ def start_proxy(
         container.reload()
         port = int(container.ports["8888/tcp"][0]["HostPort"])
         proxy = RunningProxy(container, port, out, container.name)
+        if with_client:
+            internal = make_network(internal=True)
+            internal.connect(container, aliases=["proxy"])
+            proxy.client = run_container(
+                netkit_image, network=internal, command=["sleep", "infinity"]
+            )
         if expect_ready:
             wait_ready(proxy)
         return proxy

@@ -144,6 +144,16 @@ def test_main_job_up_doctor_attacks_and_warm_reopen(
     assert direct["raw-ip"] in {"7", "28"}, out
     assert not (ws / ".git" / "hooks" / "post-checkout").exists()
 
+    # run-claude: the self-test passes here, so Claude Code starts (with its no-prompt flag).
+    launched = run_in(ws, env, "run-claude --version")
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert "Claude Code" in launched.stdout, launched.stdout
+    # With the proxy variables gone the self-test fails, and the agent does not start.
+    refused = run_in(ws, env, "env -u HTTP_PROXY -u HTTPS_PROXY -u http_proxy -u https_proxy "
+                              "isofeat run gemini --version")
+    assert refused.returncode == 1, refused.stdout
+    assert "sandbox self-test failed" in refused.stderr and "proxy-env" in refused.stderr
+
     # A warm reopen reuses the running environment.
     started = time.monotonic()
     second = up(ws, env)

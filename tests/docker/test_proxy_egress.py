@@ -7,9 +7,9 @@ the origin server's own answer for an allowed request.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,10 +50,11 @@ def test_lookalikes_are_denied_over_http_and_connect(
     start_proxy: Callable[..., RunningProxy],
 ) -> None:
     proxy = start_proxy("github.com\n")
-    for host in LOOKALIKES:
-        assert proxy.http(f"http://{host}/") == 403, host
-        target = host if ":" in host else f"{host}:443"
-        assert proxy.connect(target) == 403, host
+    requests = [proxy.http_request(f"http://{host}/") for host in LOOKALIKES] + [
+        proxy.connect_request(host if ":" in host else f"{host}:443") for host in LOOKALIKES
+    ]
+    answers = proxy.statuses(requests)
+    assert answers == [403] * len(requests), list(zip(LOOKALIKES * 2, answers, strict=True))
     # The real name passes the filter (it then fails to resolve: the test proxy has no DNS).
     assert proxy.http("http://github.com/") == 500
     assert proxy.connect("github.com:443") == 500
@@ -77,9 +78,11 @@ RAW_IPS = [
 
 def test_raw_ip_literals_are_denied_unless_listed(start_proxy: Callable[..., RunningProxy]) -> None:
     proxy = start_proxy("github.com\n10.0.0.5\n[2001:db8::1]:443\n")
-    for ip in RAW_IPS:
-        assert proxy.http(f"http://{ip}/") == 403, ip
-        assert proxy.connect(f"{ip}:443") == 403, ip
+    requests = [proxy.http_request(f"http://{ip}/") for ip in RAW_IPS] + [
+        proxy.connect_request(f"{ip}:443") for ip in RAW_IPS
+    ]
+    answers = proxy.statuses(requests)
+    assert answers == [403] * len(requests), list(zip(RAW_IPS * 2, answers, strict=True))
     assert proxy.connect("10.0.0.5:443") not in DENIED
     assert proxy.connect("[2001:db8::1]:443") not in DENIED
     assert proxy.http("http://[2001:db8::1]/") == 403  # listed for 443 only
@@ -165,6 +168,7 @@ def start_proxy_once(
     request: pytest.FixtureRequest,
     docker_client: Any,
     proxy_image: str,
+    netkit_image: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:
     """One proxy shared by the many small request-line cases of this module."""
@@ -198,18 +202,38 @@ def start_proxy_once(
         volumes={str(out / "conf"): {"bind": "/etc/isofeat/proxy", "mode": "ro"}},
         ports={"8888/tcp": ("127.0.0.1", None)},
         dns=["127.0.0.1"],
+        dns_opt=["timeout:1", "attempts:1"],
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         read_only=True,
         tmpfs={"/run": "", "/tmp": ""},
     )
     container.reload()
+    # The client shares only an internal network with the proxy, as the sandbox does.
+    internal = docker_client.networks.create(
+        f"isofeat-test-{RUN_ID}-once", internal=True, labels=LABELS
+    )
+    internal.connect(container, aliases=["proxy"])
+    client = docker_client.containers.run(
+        netkit_image,
+        ["sleep", "infinity"],
+        detach=True,
+        labels=LABELS,
+        name=f"isofeat-test-{RUN_ID}-once-client",
+        network=internal.name,
+    )
     proxy = RunningProxy(
-        container, int(container.ports["8888/tcp"][0]["HostPort"]), out / "conf", container.name
+        container,
+        int(container.ports["8888/tcp"][0]["HostPort"]),
+        out / "conf",
+        container.name,
+        client=client,
     )
     wait_ready(proxy)
     yield proxy
+    client.remove(force=True)
     container.remove(force=True)
+    internal.remove()
 
 
 # ------------------------------------------------------------------ allowed traffic really flows
@@ -291,8 +315,17 @@ def random_case() -> st.SearchStrategy[tuple[str, int, str]]:
 def allowed_leaning_case() -> st.SearchStrategy[tuple[str, int, str]]:
     """Names near the allowed ones, on the ports they are allowed on, with case flips."""
     near = st.one_of(
-        st.sampled_from(["github.com", "GitHub.COM", "x.test", "api.github.com", "10.0.0.5",
-                         "[2001:db8::1]", "under_score.test"]),
+        st.sampled_from(
+            [
+                "github.com",
+                "GitHub.COM",
+                "x.test",
+                "api.github.com",
+                "10.0.0.5",
+                "[2001:db8::1]",
+                "under_score.test",
+            ]
+        ),
         st.builds(lambda a: f"{a}.example.com", LABEL),
         st.builds(lambda a, b: f"{a}.{b}.EXAMPLE.com", LABEL, LABEL),
     )
@@ -301,53 +334,63 @@ def allowed_leaning_case() -> st.SearchStrategy[tuple[str, int, str]]:
 
 HAND_PICKED = [
     (h, p, m)
-    for h in [*BASES, "a.example.com", "a.b.example.com", "10.0.0.5", "[2001:db8::1]",
-              "github.com.", "GitHub.Com"]
+    for h in [
+        *BASES,
+        "a.example.com",
+        "a.b.example.com",
+        "10.0.0.5",
+        "[2001:db8::1]",
+        "github.com.",
+        "GitHub.Com",
+    ]
     for p in (80, 443, 8443, 8080, 22)
     for m in ("http", "connect")
 ]
 
 
-def proxy_allows(proxy: RunningProxy, host: str, port: int, mode: str) -> bool:
+def request_for(host: str, port: int, mode: str) -> bytes:
+    """The canonical request a client sends for (host, port, mode)."""
     if mode == "http":
-        target = f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
-        status = proxy.http(target)
-    else:
-        status = proxy.connect(f"{host}:{port}")
-    assert status is not None, (host, port, mode)
-    return status != 403
+        return RunningProxy.http_request(
+            f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+        )
+    return RunningProxy.connect_request(f"{host}:{port}")
 
 
 def test_proxy_decisions_equal_whitelist_check_on_a_large_corpus(
     start_proxy: Callable[..., RunningProxy],
 ) -> None:
+    """Hypothesis generates the cases; the client container sends them in batches; each
+    decision of the real proxy (403 or not) must equal ``whitelist check``'s."""
     proxy = start_proxy(CORPUS_WHITELIST)
     policy = merge([Layer("corpus", CORPUS_WHITELIST)])
-    tried = {"cases": 0, "allowed": 0, "mismatches": 0}
-
-    def compare(host: str, port: int, mode: str) -> None:
-        expected = policy.decide(host, port, mode).allowed  # type: ignore[arg-type]
-        actual = proxy_allows(proxy, host, port, mode)
-        tried["cases"] += 1
-        tried["allowed"] += int(actual)
-        if actual != expected:
-            tried["mismatches"] += 1
-        assert actual == expected, f"{mode} {host}:{port}: proxy={actual} check={expected}"
-
-    for case in HAND_PICKED:
-        compare(*case)
+    cases: list[tuple[str, int, str]] = list(HAND_PICKED)
 
     @settings(
         max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck)
     )
     @given(case=st.one_of(random_case(), allowed_leaning_case()))
     def generated(case: tuple[str, int, str]) -> None:
-        compare(*case)
+        cases.append(case)
 
     generated()
-    print(f"\nproxy/check corpus: {tried}", file=sys.stderr)
-    assert tried["cases"] >= 1500
-    assert tried["allowed"] > 50  # the corpus exercises the allow side too
+    answers = proxy.statuses([request_for(*case) for case in cases])
+    mismatches = []
+    allowed = 0
+    for (host, port, mode), status in zip(cases, answers, strict=True):
+        assert status is not None, (host, port, mode)
+        actual = status != 403
+        allowed += int(actual)
+        if actual != policy.decide(host, port, mode).allowed:  # type: ignore[arg-type]
+            mismatches.append(f"{mode} {host}:{port}: proxy={status}")
+    print(
+        f"\nproxy/check corpus: {len(cases)} cases, {allowed} allowed, "
+        f"{len(mismatches)} mismatches",
+        file=sys.stderr,
+    )
+    assert mismatches == []
+    assert len(cases) >= 1500
+    assert allowed > 50  # the corpus exercises the allow side too
 
 
 # ------------------------------------------------------------------ upstream proxies
@@ -480,8 +523,8 @@ def test_a_broken_filter_that_bypasses_the_checks_fails_closed(
             break
         time.sleep(0.2)
     assert proxy.container.status == "exited"
-    with pytest.raises(OSError):
-        proxy.connect("github.com:443")
+    # From the sandbox's position: nothing answers at all (the connection is refused).
+    assert proxy.raw(proxy.connect_request("github.com:443")) == b""
 
 
 # ------------------------------------------------------------------ reading the log back
@@ -515,31 +558,50 @@ def test_egress_log_and_suggest_read_the_real_proxy_log(
 # ------------------------------------------------------------------ flood (case 19)
 
 
+# Runs in the client container: holds 30 half-sent requests open, then tries 5 full ones
+# and prints their status lines, then keeps holding for HOLD seconds before letting go.
+FLOOD_SCRIPT = r"""
+import json, socket, sys, time
+held = []
+for _ in range(30):
+    s = socket.create_connection(("proxy", 8888), timeout=5)
+    s.sendall(b"CONNECT 10.255.255.1:443 HTTP/1.1\r\n")
+    held.append(s)
+time.sleep(1)
+extra = []
+for _ in range(5):
+    try:
+        with socket.create_connection(("proxy", 8888), timeout=3) as s:
+            s.sendall(b"CONNECT attacker.test:443 HTTP/1.1\r\n\r\n")
+            extra.append(s.recv(64).split(b"\r\n")[0].decode() or "closed")
+    except OSError as err:
+        extra.append(type(err).__name__)
+print(json.dumps(extra), flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
 def test_a_flood_past_max_clients_is_refused_and_the_proxy_recovers(
     start_proxy: Callable[..., RunningProxy],
 ) -> None:
+    """Case 19, from the sandbox's position: extra connections are refused while the limit
+    is reached, the other environment's proxy keeps serving, and the proxy recovers."""
     proxy = start_proxy("github.com\n", "--max-clients", "5")
     other = start_proxy("github.com\n")
-    held: list[socket.socket] = []
-    try:
-        for _ in range(30):
-            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-            s.sendall(b"CONNECT 10.255.255.1:443 HTTP/1.1\r\n")  # half a request: held open
-            held.append(s)
-        time.sleep(1)
-        refused = 0
-        for _ in range(5):
-            try:
-                data = proxy.raw(b"CONNECT attacker.test:443 HTTP/1.1\r\n\r\n", timeout=3)
-            except OSError:
-                data = b""
-            if status_of(data) != 403:
-                refused += 1
-        assert refused == 5, "extra connections were served past MaxClients"
-        assert other.connect("attacker.test:443") == 403  # the other environment is unaffected
-    finally:
-        for s in held:
-            s.close()
+    result: dict[str, Any] = {}
+
+    def flood() -> None:
+        result["exec"] = proxy.client.exec_run(["python3", "-c", FLOOD_SCRIPT, "6"])
+
+    worker = threading.Thread(target=flood)
+    worker.start()
+    time.sleep(4)  # the flood holds its connections now
+    assert other.connect("attacker.test:443") == 403  # the other environment is unaffected
+    worker.join(60)
+    code, output = result["exec"]
+    assert code == 0, output.decode()[-2000:]
+    extra = json.loads(output.decode().strip().splitlines()[-1])
+    assert all("403" not in answer for answer in extra), extra  # none was served
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proxy.connect("attacker.test:443") != 403:
         time.sleep(0.5)
