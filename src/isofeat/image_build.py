@@ -441,17 +441,46 @@ def build_proxy(
     log: Log = _stderr,
 ) -> ImageResult:
     """Build (or reuse) the proxy image on top of an existing ``base_tag``."""
+    return _build_on_base(client, "proxy", proxy_tags(), base_tag=base_tag, rebuild=rebuild,
+                          log=log)
+
+
+def build_dind(
+    client: DockerClient,
+    *,
+    base_tag: str = BASE_IMAGE,
+    rebuild: bool = False,
+    log: Log = _stderr,
+) -> ImageResult:
+    """Build (or reuse) the Docker-in-Docker engine image on top of an existing ``base_tag``."""
+    return _build_on_base(client, "dind", (DIND_IMAGE, f"{DIND_REPOSITORY}:latest"),
+                          base_tag=base_tag, rebuild=rebuild, log=log)
+
+
+def _build_on_base(
+    client: DockerClient,
+    target: str,
+    tags: Sequence[str],
+    *,
+    base_tag: str,
+    rebuild: bool,
+    log: Log,
+) -> ImageResult:
+    """Build (or reuse) ``target``'s image from its recipe on top of ``base_tag``.
+
+    Reused when its labels (isofeat version, recipe hash, base image id) match; the first tag
+    is built, the others point at the same image.
+    """
     started = time.monotonic()
     base = _inspect(client, base_tag)
     if base is None:
         raise IsofeatError(
-            f"the proxy builds on {base_tag}, which does not exist",
+            f"the {target} image builds on {base_tag}, which does not exist",
             fix="run `isofeat image build all`",
         )
-    tags = proxy_tags()
     wanted = {
         LABEL_VERSION: __version__,
-        LABEL_RECIPE: recipe_sha256("proxy"),
+        LABEL_RECIPE: recipe_sha256(target),
         LABEL_BASE_ID: str(base["Id"]),
     }
     attrs = _inspect(client, tags[0])
@@ -460,16 +489,17 @@ def build_proxy(
         action = "reused"
     else:
         if attrs is not None and not rebuild:
-            log(f"[proxy] {tags[0]} is stale (another version, recipe or base image); rebuilding")
-        log(f"[proxy] building {tags[0]} from {base_tag}")
-        with tempfile.TemporaryDirectory(prefix="isofeat-build-proxy-") as tmp:
+            log(f"[{target}] {tags[0]} is stale (another version, recipe or base image); "
+                "rebuilding")
+        log(f"[{target}] building {tags[0]} from {base_tag}")
+        with tempfile.TemporaryDirectory(prefix=f"isofeat-build-{target}-") as tmp:
             context = Path(tmp) / "context"
-            _assemble_context("proxy", context, None)
+            _assemble_context(target, context, None)
             image_id = _docker_build(
                 client,
                 context,
                 tag=tags[0],
-                name="proxy",
+                name=target,
                 buildargs={"BASE_IMAGE": base_tag},
                 labels=wanted,
                 nocache=rebuild,
@@ -485,60 +515,8 @@ def build_proxy(
         # Only now: while the old image still had its other tags, the engine refused.
         _prune_replaced(client, attrs, image_id)
     final = _inspect(client, tags[0]) or {}
-    return ImageResult("proxy", tags, image_id, action, time.monotonic() - started, _labels(final))
-
-
-def build_dind(
-    client: DockerClient,
-    *,
-    base_tag: str = BASE_IMAGE,
-    rebuild: bool = False,
-    log: Log = _stderr,
-) -> ImageResult:
-    """Build (or reuse) the Docker-in-Docker engine image on top of an existing ``base_tag``."""
-    started = time.monotonic()
-    base = _inspect(client, base_tag)
-    if base is None:
-        raise IsofeatError(
-            f"the dind image builds on {base_tag}, which does not exist",
-            fix="run `isofeat image build all`",
-        )
-    tags = (DIND_IMAGE, f"{DIND_REPOSITORY}:latest")
-    wanted = {
-        LABEL_VERSION: __version__,
-        LABEL_RECIPE: recipe_sha256("dind"),
-        LABEL_BASE_ID: str(base["Id"]),
-    }
-    attrs = _inspect(client, tags[0])
-    if not rebuild and attrs is not None and _up_to_date(attrs, wanted):
-        image_id = str(attrs["Id"])
-        action = "reused"
-    else:
-        if attrs is not None and not rebuild:
-            log(f"[dind] {tags[0]} is stale (another version, recipe or base image); rebuilding")
-        log(f"[dind] building {tags[0]} from {base_tag}")
-        with tempfile.TemporaryDirectory(prefix="isofeat-build-dind-") as tmp:
-            context = Path(tmp) / "context"
-            _assemble_context("dind", context, None)
-            image_id = _docker_build(
-                client,
-                context,
-                tag=tags[0],
-                name="dind",
-                buildargs={"BASE_IMAGE": base_tag},
-                labels=wanted,
-                nocache=rebuild,
-                log=log,
-            )
-        action = "built"
-    current = _inspect(client, tags[1])
-    if current is None or current["Id"] != image_id:
-        client.api.tag(image_id, DIND_REPOSITORY, "latest")
-    if action == "built":
-        # Only now: while the old image still had its :latest tag, the engine refused.
-        _prune_replaced(client, attrs, image_id)
-    final = _inspect(client, tags[0]) or {}
-    return ImageResult("dind", tags, image_id, action, time.monotonic() - started, _labels(final))
+    return ImageResult(target, tuple(tags), image_id, action, time.monotonic() - started,
+                       _labels(final))
 
 
 def build(
