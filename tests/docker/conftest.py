@@ -244,6 +244,34 @@ def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
             container.remove(force=True)
 
 
+def render_conf(whitelist: str, folder: Path, *render_args: str) -> Path:
+    """Render ``whitelist`` with the real CLI into a fresh folder under ``folder``."""
+    token = uuid.uuid4().hex[:6]
+    wl = folder / f"wl-{token}.txt"
+    wl.write_text(whitelist)
+    out = folder / f"proxy-{token}"
+    argv = ["proxy", "render", "--defaults", "none", "--no-global", "-w", str(wl),
+            "--out", str(out), *render_args]
+    assert main(argv) == 0
+    out.chmod(0o755)
+    return out
+
+
+def proxy_run_options(out: Path) -> dict[str, Any]:
+    """How the tests run the proxy image: hardened as in compose.yaml, its port on loopback."""
+    return dict(
+        volumes={str(out): {"bind": "/etc/isofeat/proxy", "mode": "ro"}},
+        ports={"8888/tcp": ("127.0.0.1", None)},
+        # Allowed-but-unknown names then fail fast instead of waiting on a resolver.
+        dns=["127.0.0.1"],
+        dns_opt=["timeout:1", "attempts:1"],
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        read_only=True,
+        tmpfs={"/run": "", "/tmp": ""},
+    )
+
+
 @pytest.fixture
 def start_proxy(
     docker_client: Any,
@@ -264,37 +292,9 @@ def start_proxy(
         expect_ready: bool = True,
         with_client: bool = True,
     ) -> RunningProxy:
-        out = tmp_path / f"proxy-{uuid.uuid4().hex[:6]}"
-        wl = tmp_path / f"wl-{uuid.uuid4().hex[:6]}.txt"
-        wl.write_text(whitelist)
-        code = main(
-            [
-                "proxy",
-                "render",
-                "--defaults",
-                "none",
-                "--no-global",
-                "-w",
-                str(wl),
-                "--out",
-                str(out),
-                *render_args,
-            ]
-        )
-        assert code == 0
-        out.chmod(0o755)
-        kwargs: dict[str, Any] = dict(
-            volumes={str(out): {"bind": "/etc/isofeat/proxy", "mode": "ro"}},
-            ports={"8888/tcp": ("127.0.0.1", None)},
-            # Allowed-but-unknown names then fail fast instead of waiting on a resolver.
-            dns=["127.0.0.1"],
-            dns_opt=["timeout:1", "attempts:1"],
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            read_only=True,
-            tmpfs={"/run": "", "/tmp": ""},
-            extra_hosts=extra_hosts or {},
-        )
+        out = render_conf(whitelist, tmp_path, *render_args)
+        kwargs = proxy_run_options(out)
+        kwargs["extra_hosts"] = extra_hosts or {}
         container = run_container(proxy_image, **kwargs)
         for net in networks:
             net.connect(container)

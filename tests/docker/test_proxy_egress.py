@@ -172,41 +172,12 @@ def start_proxy_once(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:
     """One proxy shared by the many small request-line cases of this module."""
-    from .conftest import LABELS, RUN_ID, wait_ready
+    from .conftest import LABELS, RUN_ID, proxy_run_options, render_conf, wait_ready
 
-    out = tmp_path_factory.mktemp("once")
-    wl = out / "w.txt"
-    wl.write_text("github.com\n")
-    assert (
-        main(
-            [
-                "proxy",
-                "render",
-                "--defaults",
-                "none",
-                "--no-global",
-                "-w",
-                str(wl),
-                "--out",
-                str(out / "conf"),
-            ]
-        )
-        == 0
-    )
-    (out / "conf").chmod(0o755)
+    out = render_conf("github.com\n", tmp_path_factory.mktemp("once"))
     container = docker_client.containers.run(
-        proxy_image,
-        detach=True,
-        name=f"isofeat-test-{RUN_ID}-once",
-        labels=LABELS,
-        volumes={str(out / "conf"): {"bind": "/etc/isofeat/proxy", "mode": "ro"}},
-        ports={"8888/tcp": ("127.0.0.1", None)},
-        dns=["127.0.0.1"],
-        dns_opt=["timeout:1", "attempts:1"],
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        read_only=True,
-        tmpfs={"/run": "", "/tmp": ""},
+        proxy_image, detach=True, name=f"isofeat-test-{RUN_ID}-once", labels=LABELS,
+        **proxy_run_options(out),
     )
     container.reload()
     # The client shares only an internal network with the proxy, as the sandbox does.
@@ -225,7 +196,7 @@ def start_proxy_once(
     proxy = RunningProxy(
         container,
         int(container.ports["8888/tcp"][0]["HostPort"]),
-        out / "conf",
+        out,
         container.name,
         client=client,
     )
