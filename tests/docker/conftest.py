@@ -8,8 +8,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
 import socket
+import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -250,8 +253,18 @@ def render_conf(whitelist: str, folder: Path, *render_args: str) -> Path:
     wl = folder / f"wl-{token}.txt"
     wl.write_text(whitelist)
     out = folder / f"proxy-{token}"
-    argv = ["proxy", "render", "--defaults", "none", "--no-global", "-w", str(wl),
-            "--out", str(out), *render_args]
+    argv = [
+        "proxy",
+        "render",
+        "--defaults",
+        "none",
+        "--no-global",
+        "-w",
+        str(wl),
+        "--out",
+        str(out),
+        *render_args,
+    ]
     assert main(argv) == 0
     out.chmod(0o755)
     return out
@@ -312,3 +325,50 @@ def start_proxy(
         return proxy
 
     return start
+
+
+# --------------------------------------------------------------- a local OCI registry
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.x) on loopback; yields ``localhost:PORT``."""
+    binary = shutil.which("docker-registry") or shutil.which("registry")
+    if binary is None:
+        pytest.fail(
+            "docker-registry is missing: apt-get install docker-registry (scripts/bootstrap does)",
+            pytrace=False,
+        )
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = (tmp_path / "registry.log").open("w")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    problem = (tmp_path / "registry.log").read_text()
+                    pytest.fail(f"docker-registry did not start: {problem}", pytrace=False)
+                time.sleep(0.2)
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()

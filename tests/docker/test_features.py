@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -240,50 +239,6 @@ def test_agent_team_merges_into_existing_settings(prepared: None, tmp_path: Path
 
 
 # --- publishing round trip -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[str]:
-    """Debian's docker-registry (distribution 2.x) on loopback; yields ``localhost:PORT``."""
-    binary = shutil.which("docker-registry") or shutil.which("registry")
-    if binary is None:
-        pytest.fail(
-            "docker-registry is missing: apt-get install docker-registry (scripts/bootstrap does)",
-            pytrace=False,
-        )
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = (tmp_path / "registry.log").open("w")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    problem = (tmp_path / "registry.log").read_text()
-                    pytest.fail(f"docker-registry did not start: {problem}", pytrace=False)
-                time.sleep(0.2)
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def registry_tags(registry: str, repository: str) -> set[str]:

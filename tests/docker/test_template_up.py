@@ -13,11 +13,9 @@ tested elsewhere; here:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,42 +40,6 @@ def _need(tool: str) -> str:
     if found is None:
         pytest.fail(f"{tool} is not installed; scripts/bootstrap installs it")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[str]:
-    """A throwaway OCI registry on loopback: ``localhost:PORT``."""
-    binary = shutil.which("docker-registry") or _need("registry")
-    port = _free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = (tmp_path / "registry.log").open("w")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            time.sleep(0.1)
-        else:
-            log_text = (tmp_path / "registry.log").read_text()
-            pytest.fail(f"docker-registry did not listen on {port}: {log_text}")
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def test_devcontainer_template_publishes_and_applies_with_the_real_cli(
