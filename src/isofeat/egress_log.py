@@ -136,8 +136,6 @@ def suggestions(records: Iterable[Record], policy: Policy | None) -> list[str]:
         if policy is not None and policy.decide(rec.host, rec.port, rec.mode).allowed:
             continue
         text = rec.host if rec.port == DEFAULT_PORTS[rec.mode] else f"{rec.host}:{rec.port}"
-        if rec.host.startswith("[") or ":" in rec.host:
-            text = f"{rec.host}:{rec.port}" if rec.port != DEFAULT_PORTS[rec.mode] else rec.host
         try:
             entry = parse_entry(text)
         except LineError as err:
