@@ -14,10 +14,10 @@ def _print(result: object, as_json: bool, text: str) -> None:
     print(json.dumps(result, indent=2) if as_json else text)
 
 
-def new(name: str, base: str | None, up: bool, as_json: bool) -> int:
+def new(name: str, base: str | None, up: bool, accept: bool, as_json: bool) -> int:
     from isofeat import tasks
 
-    result = tasks.new(Path.cwd(), name, base, up)
+    result = tasks.new(Path.cwd(), name, base, up, accept_devcontainer=accept)
     _print(result, as_json, f"task {name}: {result['path']} on {result['branch']}"
            + (" (environment up)" if result["up"] else
               f"\n  open it: devcontainer up --workspace-folder {result['path']}"))
@@ -34,9 +34,10 @@ def list_(as_json: bool) -> int:
     if not items:
         print("no tasks (isofeat task new NAME)", file=sys.stderr)
         return EXIT_OK
-    print(f"{'TASK':<20} {'AHEAD':>5} {'BEHIND':>6} {'ENV':<8} {'NOTES':>5}  PATH")
+    print(f"{'TASK':<20} {'AHEAD':>5} {'BEHIND':>6} {'SANDBOX':<12} {'ENV':<8} {'NOTES':>5}  PATH")
     for t in items:
-        print(f"{t['name']!s:<20} {t['ahead']!s:>5} {t['behind']!s:>6} "
+        head = str(t["agent_head"] or "-")[:10] + ("*" if t["unmerged"] else "")
+        print(f"{t['name']!s:<20} {t['ahead']!s:>5} {t['behind']!s:>6} {head:<12} "
               f"{'running' if t['running'] else 'stopped':<8} "
               f"{t['pending_notifications']!s:>5}  {t['path']}")
     return EXIT_OK
@@ -58,6 +59,29 @@ def merge(name: str, allow_devcontainer: bool, as_json: bool) -> int:
     return EXIT_OK
 
 
+def fetch(as_json: bool) -> int:
+    from isofeat import tasks
+
+    result = tasks.fetch(Path.cwd())
+    branches = result["branches"]
+    assert isinstance(branches, dict)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    if not branches:
+        print("the sandbox has no branches yet (nothing to fetch)", file=sys.stderr)
+    for name, info in branches.items():
+        line = f"{name} {info['sha'][:12]}"
+        if info["host_tool_changes"]:
+            line += f"  REVIEW: changes {', '.join(info['host_tool_changes'])}"
+        print(line)
+    if branches:
+        print("next: review with `git log -p HEAD..sandbox/<branch>`, then `git merge "
+              "sandbox/<branch>` (or `git reset sandbox/<branch>` when the worktree already "
+              "holds its files)", file=sys.stderr)
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "task",
@@ -71,8 +95,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--base", metavar="REF", help="start from this ref (default: HEAD)")
     p.add_argument("--up", action="store_true", help="bring the environment up (devcontainer up)")
+    p.add_argument("--accept-devcontainer", action="store_true",
+                   help="start from a base whose .devcontainer/ differs from the approved one "
+                   "(after you reviewed it)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: new(a.name, a.base, a.up, a.json))
+    p.set_defaults(func=lambda a: new(a.name, a.base, a.up, a.accept_devcontainer, a.json))
 
     p = verbs.add_parser("list", help="tasks with ahead/behind, environment state, notifications")
     p.add_argument("--json", action="store_true")
@@ -92,6 +119,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("merge", help="merge task/NAME into the current branch (clean tree only)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--allow-devcontainer-changes", action="store_true",
-                   help="merge even when the task branch changes .devcontainer/")
+                   help="merge even when the task branch changes files that host tools act on "
+                   "(.devcontainer/, .vscode/, .gitattributes, .envrc, hooks, CI, ...)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: merge(a.name, a.allow_devcontainer_changes, a.json))
+
+    p = sub.add_parser(
+        "fetch",
+        help="bring the sandbox's commits into this repository as sandbox/<branch>",
+        description="The sandbox commits into a git of its own; this reads its branches as "
+        "data (no hooks, config or links of the sandbox are used), checks the objects, and "
+        "stores them as refs/remotes/sandbox/<branch> in the repository you opened. It lists "
+        "changes to files that host tools act on, for review before you merge.",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: fetch(a.json))

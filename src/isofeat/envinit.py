@@ -11,8 +11,8 @@ What it does, for the worktree it is given:
 2. creates this environment's notification folder and state folder;
 3. merges the whitelist layers and renders both proxies' configs into the state folder
    (outside the workspace: the agent must not read upstream credentials from it);
-4. finds the git folders the container must see (the main repository's, for a linked
-   worktree) and the hooks and config that must stay read-only;
+4. verifies the workspace's git is the user's own, and makes the agent's own repository
+   (once) in the state folder: the sandbox commits there, never into the user's ``.git``;
 5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml.
 """
 
@@ -25,15 +25,16 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from isofeat import __version__
+from isofeat import __version__, hostgit
 from isofeat.errors import IsofeatError
+from isofeat.hostgit import HostGit
 
 #: The sandbox group shared by the host user and the container user.
 SANDBOX_GID = 2000
 SETTINGS_FILE = "isofeat.json"
 ENV_FILE = ".env"
 NO_GIT_TARGET = "/run/isofeat/no-git"
-NO_WORKTREE_TARGET = "/run/isofeat/no-worktree"
+NO_POINTER_TARGET = "/run/isofeat/no-git-pointer"
 DIND_POOL = (10, 213)  # DinD subnets are 10.213.X.0/24, X chosen by the environment id
 
 
@@ -55,13 +56,15 @@ class Settings:
 
 
 class GitMounts:
-    """Host git paths to mount, each with the path it gets in the container."""
+    """What the container sees of git: the agent's own repository, read-write; for a task
+    worktree a pointer file that leads to it; and the user's objects, read-only."""
 
-    def __init__(self, *, hooks: str, hooks_target: str, config: str, config_target: str,
-                 common: str, common_target: str) -> None:
-        self.hooks, self.hooks_target = hooks, hooks_target
-        self.config, self.config_target = config, config_target
-        self.common, self.common_target = common, common_target
+    def __init__(self, *, git_dir: str, git_dir_target: str, pointer: str,
+                 pointer_target: str, objects: str, created: bool = False) -> None:
+        self.git_dir, self.git_dir_target = git_dir, git_dir_target
+        self.pointer, self.pointer_target = pointer, pointer_target
+        self.objects = objects
+        self.created = created
 
 
 def env_id_for(workspace: Path) -> str:
@@ -128,55 +131,32 @@ def read_settings(devcontainer: Path) -> Settings:
     return Settings(dind, upstream or None, tuple(no_upstream), tuple(copy))
 
 
-def _read_gitdir_file(dot_git: Path) -> Path:
-    """A linked worktree's ``.git`` is a file: ``gitdir: /main/.git/worktrees/NAME``."""
-    text = dot_git.read_text(encoding="utf-8").strip()
-    if not text.startswith("gitdir:"):
-        raise IsofeatError(f"{dot_git}: not a git worktree pointer",
-                           fix="run `git worktree repair` in the main repository")
-    target = Path(text.split(":", 1)[1].strip())
-    return (dot_git.parent / target).resolve() if not target.is_absolute() else target.resolve()
+def git_mounts(host: HostGit | None, state: Path) -> GitMounts:
+    """Verify the workspace's git, make the agent's own repository once, and say what to mount.
 
-
-def git_mounts(workspace: Path, state: Path) -> GitMounts:
-    """Which host git folders the container sees, and which of them stay read-only.
-
-    Hooks and config are what the host's git would execute or obey (``core.hooksPath``,
-    ``core.fsmonitor``), so they are mounted read-only at the path the container uses.
+    The user's ``.git`` never reaches the container: ``/workspace/.git`` is a mount of the
+    agent's repository (``<state>/git``), and a mount point cannot be renamed or replaced from
+    inside. For a task worktree, whose ``.git`` is a file, a read-only pointer file is mounted
+    over it instead and leads to the agent's repository. See hostgit.py for the trust split.
     """
-    dot_git = workspace / ".git"
-    empty = state / "empty"
-    empty.mkdir(parents=True, exist_ok=True)
-    empty_config = state / "empty-gitconfig"
-    if not empty_config.exists():
-        empty_config.write_text("")
-    if dot_git.is_dir():
-        common = dot_git.resolve()
-        (common / "hooks").mkdir(exist_ok=True)
-        return GitMounts(
-            hooks=str(common / "hooks"), hooks_target="/workspace/.git/hooks",
-            config=str(common / "config"), config_target="/workspace/.git/config",
-            common=str(empty), common_target=NO_WORKTREE_TARGET,
-        )
-    if dot_git.is_file():
-        gitdir = _read_gitdir_file(dot_git)
-        commondir = gitdir / "commondir"
-        common = gitdir
-        if commondir.exists():
-            common = (gitdir / commondir.read_text().strip()).resolve()
-        (common / "hooks").mkdir(exist_ok=True)
-        # The main repository's git folder appears at its host path, so that the worktree's
-        # "gitdir:" pointer resolves inside the container (devcontainers/cli#796).
-        return GitMounts(
-            hooks=str(common / "hooks"), hooks_target=str(common / "hooks"),
-            config=str(common / "config"), config_target=str(common / "config"),
-            common=str(common), common_target=str(common),
-        )
-    return GitMounts(
-        hooks=str(empty), hooks_target=f"{NO_GIT_TARGET}/hooks",
-        config=str(empty_config), config_target=f"{NO_GIT_TARGET}/config",
-        common=str(empty), common_target=NO_WORKTREE_TARGET,
-    )
+    from isofeat import hostgit
+
+    none = state / "no-git"
+    none.mkdir(parents=True, exist_ok=True)
+    if host is None:
+        return GitMounts(git_dir=str(none), git_dir_target=NO_GIT_TARGET, pointer=str(none),
+                         pointer_target=NO_POINTER_TARGET, objects=str(none))
+    agent = state / "git"
+    created = hostgit.create_agent_git(host, agent, SANDBOX_GID)
+    if not host.linked:
+        return GitMounts(git_dir=str(agent), git_dir_target="/workspace/.git",
+                         pointer=str(none), pointer_target=NO_POINTER_TARGET,
+                         objects=str(host.objects), created=created)
+    pointer = state / "git-pointer"
+    _write_if_changed(pointer, hostgit.pointer_text())
+    return GitMounts(git_dir=str(agent), git_dir_target=hostgit.AGENT_GIT_TARGET,
+                     pointer=str(pointer), pointer_target="/workspace/.git",
+                     objects=str(host.objects), created=created)
 
 
 def share_with_sandbox(workspace: Path) -> str:
@@ -187,6 +167,11 @@ def share_with_sandbox(workspace: Path) -> str:
     read/write. Only the first open pays for the walk: a worktree whose root already has
     group 2000 with write and setgid is left alone. macOS (Docker Desktop) maps ownership
     on its own file sharing, so nothing is changed there.
+
+    The agent may have written this folder before (a reopen), so nothing here follows a link:
+    the walk holds folder descriptors, and each entry is changed through a descriptor opened
+    with O_NOFOLLOW. The workspace's own ``.git`` is skipped: it is the user's, and the
+    sandbox never gets it.
     """
     import stat
     import sys
@@ -198,21 +183,32 @@ def share_with_sandbox(workspace: Path) -> str:
     if st.st_gid == SANDBOX_GID and st.st_mode & want == want:
         return "already shared"
     changed = 0
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    top = str(workspace)
     try:
-        for root, dirs, files in os.walk(workspace):
+        for root, dirs, files, root_fd in os.fwalk(workspace):
+            if root == top:
+                dirs[:] = [d for d in dirs if d != ".git"]
+                files = [f for f in files if f != ".git"]
             for name in (*dirs, *files):
-                path = os.path.join(root, name)
-                lst = os.lstat(path)
-                if stat.S_ISLNK(lst.st_mode):
-                    continue  # never follow a link out of the worktree
-                os.chown(path, -1, SANDBOX_GID)
-                mode = stat.S_IMODE(lst.st_mode)
-                # Group gets what the owner has (read, write, search), never more.
-                mode |= (mode & 0o700) >> 3
-                if stat.S_ISDIR(lst.st_mode):
-                    mode |= stat.S_ISGID | stat.S_IRWXG
-                os.chmod(path, mode)
-                changed += 1
+                try:
+                    fd = os.open(name, flags, dir_fd=root_fd)
+                except OSError:
+                    continue  # a link (ELOOP), a socket, or nothing we may open
+                try:
+                    lst = os.fstat(fd)
+                    if not (stat.S_ISDIR(lst.st_mode) or stat.S_ISREG(lst.st_mode)):
+                        continue
+                    os.fchown(fd, -1, SANDBOX_GID)
+                    mode = stat.S_IMODE(lst.st_mode)
+                    # Group gets what the owner has (read, write, search), never more.
+                    mode |= (mode & 0o700) >> 3
+                    if stat.S_ISDIR(lst.st_mode):
+                        mode |= stat.S_ISGID | stat.S_IRWXG
+                    os.fchmod(fd, mode)
+                    changed += 1
+                finally:
+                    os.close(fd)
         os.chown(workspace, -1, SANDBOX_GID)
         # Group rwx + setgid is the point: the sandbox group writes here. No world bits added.
         os.chmod(workspace, stat.S_IMODE(st.st_mode) | stat.S_IRWXG | stat.S_ISGID)  # noqa: S103
@@ -305,6 +301,8 @@ def init(
             fix="add one with `isofeat scaffold`, or run this in the project's folder",
         )
     settings = read_settings(devcontainer)
+    # Before anything is written: a workspace whose git the user does not own stops here.
+    host = hostgit.verify(workspace)
     env_id = env_id_for(workspace)
     state = state_root(environ) / env_id
     state.mkdir(parents=True, exist_ok=True)
@@ -320,13 +318,10 @@ def init(
         notify = ensure_env_notify_dir(env_id, environ, mode=0o1777)
         notify_mode = "world-sticky"
 
-    git = git_mounts(workspace, state)
+    git = git_mounts(host, state)
     shared = "not asked (--no-share)"
     if share:
         shared = share_with_sandbox(workspace)
-        if git.common_target != NO_WORKTREE_TARGET:
-            # A linked worktree commits into the main repository's git folder.
-            shared += "; main git folder " + share_with_sandbox(Path(git.common))
     subnet = dind_subnet(env_id)
     sandbox_entries = _render_proxy(
         state / "proxy", defaults="sandbox", project_file=devcontainer / "whitelist.txt",
@@ -345,12 +340,11 @@ def init(
         "ISOFEAT_PROXY_CONF": str(state / "proxy"),
         "ISOFEAT_DIND_PROXY_CONF": str(state / "dind-proxy"),
         "ISOFEAT_NOTIFY_HOST_DIR": str(notify),
-        "ISOFEAT_GIT_HOOKS_DIR": git.hooks,
-        "ISOFEAT_GIT_HOOKS_TARGET": git.hooks_target,
-        "ISOFEAT_GIT_CONFIG": git.config,
-        "ISOFEAT_GIT_CONFIG_TARGET": git.config_target,
-        "ISOFEAT_GIT_COMMON_DIR": git.common,
-        "ISOFEAT_GIT_COMMON_DIR_TARGET": git.common_target,
+        "ISOFEAT_GIT_DIR": git.git_dir,
+        "ISOFEAT_GIT_DIR_TARGET": git.git_dir_target,
+        "ISOFEAT_GIT_POINTER": git.pointer,
+        "ISOFEAT_GIT_POINTER_TARGET": git.pointer_target,
+        "ISOFEAT_GIT_OBJECTS": git.objects,
         "ISOFEAT_PROXY_IMAGE": f"isofeat/proxy:{__version__}",
         "ISOFEAT_DIND_IMAGE": f"isofeat/dind:{__version__}",
         "ISOFEAT_DIND_SUBNET": subnet,
@@ -375,6 +369,8 @@ def init(
         "dind_entries": dind_entries,
         "docker_in_docker": settings.docker_in_docker,
         "worktree": (workspace / ".git").is_file(),
+        "agent_git": git.git_dir if git.git_dir_target != NO_GIT_TARGET else None,
+        "agent_git_created": git.created,
         "workspace_sharing": shared,
         "changed": changed,
     }

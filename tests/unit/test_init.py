@@ -62,8 +62,12 @@ def test_init_writes_env_and_renders_both_proxies(
     dind = Path(env["ISOFEAT_DIND_PROXY_CONF"].strip("'"))
     assert "registry-1" in (dind / "filter").read_text()
     assert f"Allow {env['ISOFEAT_DIND_SUBNET']}" in (dind / "tinyproxy.conf").read_text()
-    assert env["ISOFEAT_GIT_HOOKS_TARGET"] == "/workspace/.git/hooks"
-    assert env["ISOFEAT_GIT_CONFIG"].strip("'") == str(ws.resolve() / ".git" / "config")
+    # The agent commits into a git of its own, mounted over /workspace/.git; the user's .git
+    # is seen only through its objects, read-only.
+    assert env["ISOFEAT_GIT_DIR_TARGET"] == "/workspace/.git"
+    assert Path(env["ISOFEAT_GIT_DIR"].strip("'")) == Path(result["state_dir"]) / "git"
+    assert env["ISOFEAT_GIT_OBJECTS"].strip("'") == str(ws.resolve() / ".git" / "objects")
+    assert env["ISOFEAT_GIT_POINTER_TARGET"] == "/run/isofeat/no-git-pointer"
     notify = Path(env["ISOFEAT_NOTIFY_HOST_DIR"].strip("'"))
     assert notify.is_dir()
     # The state folder is outside the workspace: the agent cannot read upstream credentials.
@@ -113,9 +117,14 @@ def test_two_worktrees_get_different_ids_and_the_main_git_folder(
     assert a["env_id"] != b["env_id"] and a["project"] != b["project"]
     assert b["worktree"] is True
     env = env_file(wt)
-    common = str((main_repo / ".git").resolve())
-    assert env["ISOFEAT_GIT_COMMON_DIR"] == common == env["ISOFEAT_GIT_COMMON_DIR_TARGET"]
-    assert env["ISOFEAT_GIT_HOOKS_DIR"] == env["ISOFEAT_GIT_HOOKS_TARGET"] == f"{common}/hooks"
+    common = (main_repo / ".git").resolve()
+    # The worktree's .git file is covered by a read-only pointer to the agent's own git; of the
+    # main repository only the objects are mounted (read-only), never its refs or records.
+    assert env["ISOFEAT_GIT_OBJECTS"] == str(common / "objects")
+    assert env["ISOFEAT_GIT_POINTER_TARGET"] == "/workspace/.git"
+    assert Path(env["ISOFEAT_GIT_POINTER"]).read_text() == "gitdir: /run/isofeat/git\n"
+    assert env["ISOFEAT_GIT_DIR_TARGET"] == "/run/isofeat/git"
+    assert str(common) not in env["ISOFEAT_GIT_DIR"]
 
 
 def test_no_devcontainer_folder_is_exit_2(
@@ -191,13 +200,17 @@ def test_init_shares_the_worktree_with_the_sandbox_group_once(
     (ws / "sub" / "f.txt").write_text("x")
     os.chmod(ws / "sub" / "f.txt", 0o644)
     (ws / "link").symlink_to("/etc/hostname")
+    git_before = {p: p.stat() for p in (ws / ".git", *(ws / ".git").rglob("*"))}
     first = run_init(ws, capsys)
-    assert str(first["workspace_sharing"]).startswith("shared")
-    for path in (ws, ws / "sub", ws / ".git", ws / "sub" / "f.txt"):
+    for path in (ws, ws / "sub", ws / "sub" / "f.txt"):
         st = path.stat()
         assert st.st_gid == 2000, path
         assert st.st_mode & 0o020, path  # group write
+    # The user's .git is not shared: the sandbox never gets it (it has a git of its own).
+    for path, st in git_before.items():
+        assert (path.stat().st_gid, path.stat().st_mode) == (st.st_gid, st.st_mode), path
     assert (ws / "sub").stat().st_mode & 0o2000  # setgid: new files keep the group
     assert (ws / "sub" / "f.txt").stat().st_mode & 0o777 == 0o664  # no execute, no world
+    assert str(first["workspace_sharing"]).startswith("shared")
     assert Path("/etc/hostname").stat().st_gid != 2000  # links are not followed
     assert run_init(ws, capsys)["workspace_sharing"] == "already shared"

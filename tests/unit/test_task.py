@@ -123,7 +123,7 @@ def test_rm_refuses_a_dirty_worktree_without_force(
     wt = repo.parent / "proj-dirty"
     (wt / "app.py").write_text("changed\n")
     assert main(["task", "rm", "dirty"]) == 2
-    assert "git refused" in capsys.readouterr().err
+    assert "has changes that no commit of task/dirty holds" in capsys.readouterr().err
     assert wt.exists()
     assert main(["task", "rm", "dirty", "--force"]) == 0
     assert not wt.exists()

@@ -235,6 +235,21 @@ ensure_workspace() {
     chmod 2775 "$WORKSPACE_DIR"
 }
 
+# The workspace belongs to the host user (uid 1000 on most laptops, root in CI), and so does the
+# agent's git that isofeat mounts at <workspace>/.git. Git refuses such a repository ("dubious
+# ownership"); that check protects one local user from another's config, and in the sandbox
+# there is no other user: the agent's git is its own (docs/threat-model.md, "Git"). Only the
+# system config may lift it, which the agent cannot write.
+trust_workspace_git() {
+    [ -n "$WORKSPACE_DIR" ] || return 0
+    local config=/etc/gitconfig
+    if grep -qxF "${MARK}: ${WORKSPACE_DIR}" "$config" 2>/dev/null; then
+        return 0
+    fi
+    printf '%s\n[safe]\n\tdirectory = %s\n' "${MARK}: ${WORKSPACE_DIR}" "$WORKSPACE_DIR" >>"$config"
+    chmod 0644 "$config"
+}
+
 # --- work ----------------------------------------------------------------------------------
 
 check_platform
@@ -248,6 +263,7 @@ remove_sudo
 strip_setuid
 set_umask
 ensure_workspace
+trust_workspace_git
 
 write_if_changed "$RECORD" "${MARK}: the sandbox account, read by the other isofeat Features
 ISOFEAT_USER=${USERNAME}
