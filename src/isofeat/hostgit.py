@@ -274,10 +274,13 @@ def create_agent_git(host: HostGit, dest: Path, gid: int) -> bool:
         # container (same inodes and times): the agent's first `git status` need not hash
         # every file again.
         shutil.copyfile(index, tmp / "index")
-    if (host.common_dir / "shallow").is_file():
-        import shutil
+    for extra in ("shallow", "info/exclude"):  # what git reads besides objects and refs
+        src = host.common_dir / extra
+        if src.is_file() and not src.is_symlink():
+            import shutil
 
-        shutil.copyfile(host.common_dir / "shallow", tmp / "shallow")
+            (tmp / extra).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / extra)
     alternates.write_text(f"{OBJECTS_TARGET}\n", encoding="utf-8")
     _share_tree(tmp, gid)
     os.rename(tmp, dest)

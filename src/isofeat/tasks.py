@@ -431,8 +431,12 @@ def merge(start: Path, name: str, allow_devcontainer: bool,
             fix=f"merge by hand: git merge {source} (resolve, commit), or rebase the task in "
                 "its sandbox onto the new base and run this again",
         )
-    # The host's task branch follows what was merged: `task rm` then sees the work is safe.
+    # The host's task branch and its worktree's index follow what was merged, so that
+    # `task rm` sees the work is safe (the worktree's files are already the sandbox's).
     main.git("update-ref", f"refs/heads/{branch}", tip)
+    task_git = hostgit.verify(path) if wt is not None and path.is_dir() else None
+    if task_git is not None:
+        task_git.git("reset", "--quiet", "--mixed", tip, check=False)
     if hits:
         _check_box(main, "HEAD", True, environ, log)
     return {"name": name, "branch": branch, "merged_into": into, "merged": tip,

@@ -206,10 +206,17 @@ def test_compose_file_has_the_sandbox_hardening(project: Path) -> None:
     assert mounts["/workspace/.devcontainer"] == {
         "type": "bind", "source": ".", "target": "/workspace/.devcontainer", "read_only": True,
     }  # fmt: skip
-    hooks = mounts["${ISOFEAT_GIT_HOOKS_TARGET:?run `isofeat init` first}"]
-    config = mounts["${ISOFEAT_GIT_CONFIG_TARGET:?run `isofeat init` first}"]
-    assert hooks["read_only"] is True and hooks["source"].startswith("${ISOFEAT_GIT_HOOKS_DIR")
-    assert config["read_only"] is True and config["source"].startswith("${ISOFEAT_GIT_CONFIG")
+    # Git: the agent's own repository (read-write), a read-only pointer for task worktrees,
+    # and the user's objects read-only. Nothing else of the user's .git is mounted.
+    agent = mounts["${ISOFEAT_GIT_DIR_TARGET:?run `isofeat init` first}"]
+    pointer = mounts["${ISOFEAT_GIT_POINTER_TARGET:?run `isofeat init` first}"]
+    objects = mounts["/run/isofeat/git-objects"]
+    assert agent["source"].startswith("${ISOFEAT_GIT_DIR:") and not agent.get("read_only")
+    assert pointer["read_only"] is True and pointer["source"].startswith("${ISOFEAT_GIT_POINTER:")
+    assert objects["read_only"] is True and objects["source"].startswith("${ISOFEAT_GIT_OBJECTS:")
+    git_sources = [m["source"] for m in dev["volumes"]
+                   if isinstance(m, dict) and "GIT" in m["source"]]
+    assert len(git_sources) == 3, git_sources
     assert mounts["/run/isofeat/notify"]["source"].startswith("${ISOFEAT_NOTIFY_HOST_DIR")
     named = [m for m in dev["volumes"] if isinstance(m, str)]
     assert named == [
@@ -266,8 +273,10 @@ def test_compose_accepts_every_key_of_env_example_and_refuses_to_run_without_env
     assert resolved["name"] == "isofeat-myproject-0123456789"
     targets = {v["target"]: v for v in resolved["services"]["dev"]["volumes"]}
     assert targets["/workspace"]["source"] == str(project)
-    assert targets["/workspace/.git/hooks"]["read_only"] is True
-    assert targets["/workspace/.git/config"]["read_only"] is True
+    assert not targets["/workspace/.git"].get("read_only")  # the agent's own git
+    assert targets["/workspace/.git"]["source"].endswith("/git")
+    assert targets["/run/isofeat/git-objects"]["read_only"] is True
+    assert targets["/run/isofeat/no-git-pointer"]["read_only"] is True
 
 
 def test_env_example_documents_exactly_the_keys_isofeat_init_writes(project: Path) -> None:
