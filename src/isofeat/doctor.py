@@ -29,6 +29,8 @@ DIRECT_PROBES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("9.9.9.9", 443))
 DNS_PROBES = ("example.com", "github.com")
 IPV6_PROBE = ("2606:4700:4700::1111", 443)
 TIMEOUT = 3.0
+#: The user's git objects, mounted read-only for the agent's git to borrow (compose.yaml).
+GIT_OBJECTS = Path("/run/isofeat/git-objects")
 SETUID_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/lib/dbus-1.0")
 
 
@@ -124,10 +126,8 @@ def _can_write(folder: Path) -> tuple[bool, str]:
 def check_writes() -> Check:
     home = Path(os.path.expanduser("~"))
     must_write = [WORKSPACE, home]
-    must_not = [Path("/usr"), Path("/etc"), Path("/opt"), WORKSPACE / ".devcontainer"]
-    hooks = WORKSPACE / ".git" / "hooks"
-    if hooks.is_dir():
-        must_not.append(hooks)
+    must_not = [Path("/usr"), Path("/etc"), Path("/opt"), WORKSPACE / ".devcontainer",
+                GIT_OBJECTS]
     problems, notes = [], []
     for folder in must_write:
         ok, why = _can_write(folder)
@@ -142,6 +142,37 @@ def check_writes() -> Check:
         if ok:
             problems.append(f"{folder} is writable")
     return Check("writes", not problems, "; ".join(problems) if problems else "; ".join(notes))
+
+
+def _mount_points(path: str = "/proc/self/mountinfo") -> set[str]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        # Field 5 is the mount point, with spaces and the like octal-escaped (\040).
+        return {line.split()[4].encode().decode("unicode_escape") for line in fh if line.strip()}
+
+
+def check_git() -> Check:
+    """The agent's git is its own (a mount the agent cannot rename), and it works.
+
+    The user's ``.git`` never enters the container: ``isofeat init`` mounts a repository of the
+    environment's own over ``.git`` and the user's objects read-only (docs/threat-model.md).
+    """
+    import subprocess
+
+    dot = WORKSPACE / ".git"
+    if not os.path.lexists(dot):
+        return Check("git", True, "no git in the workspace")
+    problems = []
+    if str(dot) not in _mount_points():
+        problems.append(f"{dot} is not a mount point (the agent could rename or replace it)")
+    exe = shutil.which("git")
+    if exe is None:
+        return Check("git", not problems, "; ".join(problems) or "git is not installed")
+    proc = subprocess.run([exe, "-C", str(WORKSPACE), "rev-parse", "--absolute-git-dir"],
+                          capture_output=True, text=True, timeout=20, check=False)
+    if proc.returncode != 0:
+        problems.append(f"git does not work here: {proc.stderr.strip()[:200]}")
+    detail = "; ".join(problems) or f"own git at {proc.stdout.strip()}, user's objects read-only"
+    return Check("git", not problems, detail)
 
 
 def proxy_url(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -281,6 +312,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_no_sudo,
     check_no_docker_socket,
     check_writes,
+    check_git,
     check_proxy_env,
     check_direct_egress,
     check_dns,

@@ -342,8 +342,14 @@ def rm(
                 lost.append(f"its worktree's git cannot be verified ({err.message})")
             else:
                 dirty = task_git.git("status", "--porcelain", check=False) if task_git else None
-                if dirty is None or dirty.returncode != 0 or dirty.stdout.strip():
-                    lost.append(f"{path} has changes that no commit of {branch} holds")
+                if dirty is None or dirty.returncode != 0:
+                    lost.append(f"git cannot read the state of {path}")
+                # The sandbox cannot write .devcontainer/ (read-only there); what is new in
+                # it the host made (the devcontainer CLI's lock file, say).
+                elif paths := [line[3:] for line in dirty.stdout.splitlines()
+                               if not line[3:].startswith(".devcontainer/")][:5]:
+                    lost.append(f"{path} has changes that no commit of {branch} holds "
+                                f"({', '.join(paths)})")
         if lost:
             raise IsofeatError(
                 f"task {name}: " + "; ".join(lost),

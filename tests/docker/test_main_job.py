@@ -62,6 +62,11 @@ def up(ws: Path, env: dict[str, str]) -> dict[str, Any]:
     )
     lines = result.stdout.strip().splitlines()
     outcome: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    if outcome.get("outcome") != "success" and "postStartCommand" in result.stdout:
+        # The self-test failed at start: say which check, not only that the CLI gave up.
+        again = run_in(ws, env, "isofeat doctor --json")
+        pytest.fail(f"the self-test failed at start; now: {again.stdout[-3000:]}"
+                    f"\n{result.stderr[-3000:]}")
     assert outcome.get("outcome") == "success", (result.stdout[-3000:], result.stderr[-6000:])
     return outcome
 
