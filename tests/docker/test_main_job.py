@@ -108,7 +108,7 @@ def test_main_job_up_doctor_attacks_and_warm_reopen(
     names = {c["name"]: c for c in report["checks"]}
     assert doctor.returncode == 0 and report["ok"], json.dumps(report, indent=2)
     for needed in ("user", "capabilities", "no-sudo", "no-docker-socket", "writes", "proxy-env",
-                   "direct-egress", "dns", "ipv6", "proxy-denies", "proxy-allows"):
+                   "direct-egress", "dns", "ipv6", "proxy-denies", "proxy-allows", "git"):
         assert names[needed]["ok"], names[needed]
 
     # Acceptance: the agent's view of its box.
@@ -120,8 +120,12 @@ def test_main_job_up_doctor_attacks_and_warm_reopen(
         # Open for append with the shell itself: no tool that could be missing decides this.
         w() { ( : >> "$1" ) 2>/dev/null && echo "$2=writable" || echo "$2=read-only"; }
         w /workspace/.devcontainer/x devcontainer
+        # The agent's git is its own: its hooks are its own business, never the host's.
         w /workspace/.git/hooks/post-checkout hooks
-        w /workspace/.git/config gitconfig
+        w /run/isofeat/git-objects/x objects
+        mv /workspace/.git /workspace/.git-moved 2>/dev/null && echo "dot-git=moved" \
+            || echo "dot-git=pinned"
+        cd /workspace && git status --porcelain >/dev/null && echo "git=works"
         w /usr/x usr
         w /workspace/agent-was-here workspace
         # Direct egress, even to an allowed host, with the proxy variables ignored:
@@ -140,7 +144,7 @@ def test_main_job_up_doctor_attacks_and_warm_reopen(
         """)
     out = checks.stdout
     for expected in ("uid=1001 gid=2000", "sudo=absent", "have-curl", "have-git",
-                     "devcontainer=read-only", "hooks=read-only", "gitconfig=read-only",
+                     "devcontainer=read-only", "objects=read-only", "dot-git=pinned", "git=works",
                      "usr=read-only", "workspace=writable", "lookalike=403",
                      "lookalike-connect=403", "dns=none"):
         assert expected in out, (expected, out, checks.stderr[-2000:])

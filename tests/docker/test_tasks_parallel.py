@@ -22,8 +22,9 @@ pytestmark = pytest.mark.docker
 
 
 def docker_names(kind: str) -> set[str]:
-    out = subprocess.run(["docker", kind, "ls", "-q"] if kind != "ps" else
-                         ["docker", "ps", "-aq"], capture_output=True, text=True, check=True)
+    cmd = (["docker", "ps", "-a", "--format", "{{.Names}}"] if kind == "ps" else
+           ["docker", kind, "ls", "--format", "{{.Name}}"])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
 
@@ -132,8 +133,13 @@ print(s["hooks"]["Notification"][0]["hooks"][0]["command"])' "$settings")
 
     for n in "ac":
         assert isofeat("task", "rm", n, "--force", cwd=repo, env=env).returncode == 0
+    # Nothing of the three is left (scoped to their projects: other tests may run beside us).
+    for project in projects.values():
+        assert not any(project_resources(docker_client, project).values()), project
     after = {k: docker_names(k) for k in ("ps", "network", "volume")}
-    assert after == before
+    leftover = {k: {n for n in after[k] - before[k]
+                    if any(p in n for p in projects.values())} for k in after}
+    assert not any(leftover.values()), leftover
     assert subprocess.run(["git", "worktree", "list"], cwd=repo, text=True,
                           capture_output=True, check=True).stdout == worktrees_before
     notify_root = tmp_path / "state" / "isofeat" / "notify"

@@ -182,9 +182,13 @@ def test_a_baked_project_comes_up_hardened_and_reopens_warm(
     sandbox = json.loads(_docker("network", "inspect", f"{name}_sandbox"))[0]
     assert sandbox["Internal"] is True
     mounts = {m["Destination"]: m for m in dev["Mounts"]}
-    for target in ("/workspace/.devcontainer", "/workspace/.git/hooks", "/workspace/.git/config"):
+    for target in ("/workspace/.devcontainer", "/run/isofeat/git-objects"):
         assert mounts[target]["RW"] is False, target
     assert mounts["/workspace"]["RW"] is True
+    # /workspace/.git is the environment's own git, not the project's (docs/git.md).
+    assert mounts["/workspace/.git"]["RW"] is True
+    assert mounts["/workspace/.git"]["Source"] != str(project / ".git")
+    assert mounts["/run/isofeat/git-objects"]["Source"] == str(project / ".git" / "objects")
 
     config_before = (project / ".git" / "config").read_bytes()
     probe = _exec(
@@ -196,7 +200,8 @@ def test_a_baked_project_comes_up_hardened_and_reopens_warm(
         " && echo WROTE-HOOK;"
         " printf '[core]\\n\\thooksPath = /tmp\\n' >> /workspace/.git/config 2>/dev/null"
         " && echo WROTE-GITCONFIG;"
-        " mv /workspace/.git/hooks /workspace/.git/hooks-moved 2>/dev/null && echo MOVED-HOOKS;"
+        " mv /workspace/.git /workspace/.git-moved 2>/dev/null && echo MOVED-DOT-GIT;"
+        " touch /run/isofeat/git-objects/x 2>/dev/null && echo WROTE-OBJECTS;"
         " touch /workspace/agent-was-here && echo WROTE-WORKSPACE",
     )
     assert probe.returncode == 0, probe.stderr
@@ -208,8 +213,9 @@ def test_a_baked_project_comes_up_hardened_and_reopens_warm(
     assert (
         "WROTE-DEVCONTAINER" not in status and not (project / ".devcontainer" / "planted").exists()
     )
-    assert "WROTE-HOOK" not in status and not (project / ".git" / "hooks" / "pre-commit").exists()
-    assert "WROTE-GITCONFIG" not in status and "MOVED-HOOKS" not in status
+    # The agent may write its own git's hooks and config; the project's never change.
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()
+    assert "MOVED-DOT-GIT" not in status and "WROTE-OBJECTS" not in status
     assert (project / ".git" / "config").read_bytes() == config_before
     assert "WROTE-WORKSPACE" in status and (project / "agent-was-here").exists()
 

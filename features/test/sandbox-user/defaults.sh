@@ -21,6 +21,10 @@ check "only home, workspace and temp folders are writable" bash -c '
     out="$(find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /tmp -o -path /var/tmp \
         -o -path /run/lock -o -path "$HOME" -o -path /workspaces \) -prune -o ! -type l -writable -print 2>/dev/null)"
     [ -z "$out" ] || { echo "writable: $out"; false; }'
+check "git trusts the workspace (system config only)" bash -c \
+    'git config --system --get-all safe.directory 2>/dev/null | grep -qx /workspaces \
+     || grep -qxP "\tdirectory = /workspaces" /etc/gitconfig'
+check "the agent cannot write the system git config" bash -c '! test -w /etc/gitconfig'
 check "record for the other features" grep -qx 'ISOFEAT_USER=claude' /etc/isofeat/sandbox-user.env
 
 reportResults
