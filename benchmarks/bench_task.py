@@ -99,7 +99,7 @@ def main() -> int:
         base = statistics.median(rows["git worktree add (baseline)"])
         print(f"\nrepository: {args.files} files, .git {size / 2**20:.0f} MiB; "
               f"{args.runs} runs; median (min-max), ratio to git worktree add\n")
-        print(f"| step | median | spread | ratio |\n|---|---:|---:|---:|")
+        print("| step | median | spread | ratio |\n|---|---:|---:|---:|")
         for label, values in rows.items():
             med = statistics.median(values)
             print(f"| {label} | {med:.2f} s | {min(values):.2f}-{max(values):.2f} s | "
