@@ -406,33 +406,30 @@ def _copy_objects(agent_git: Path, dest_objects: Path, max_bytes: int) -> int:
 
     try:
         root = os.open(agent_git, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        objects = _open_dir(root, "objects")
     except OSError:
         return 0
     try:
+        objects = _open_dir(root, "objects")
+    except OSError:
+        os.close(root)
+        return 0
+    try:
         for sub in sorted(os.listdir(objects)):
-            if sub == "pack":
-                try:
-                    pack = _open_dir(objects, sub)
-                except OSError:
-                    continue
-                try:
-                    for name in sorted(os.listdir(pack)):
-                        if _PACK.fullmatch(name):
-                            take(pack, name, dest_objects / "pack" / name)
-                finally:
-                    os.close(pack)
-            elif _LOOSE[0].fullmatch(sub):
-                try:
-                    loose = _open_dir(objects, sub)
-                except OSError:
-                    continue
-                try:
-                    for name in sorted(os.listdir(loose)):
-                        if _LOOSE[1].fullmatch(name):
-                            take(loose, name, dest_objects / sub / name)
-                finally:
-                    os.close(loose)
+            # Packs, and loose objects in their two-hex-digit folders; nothing else (info/
+            # alternates above all) is ever read.
+            pattern = _PACK if sub == "pack" else _LOOSE[1] if _LOOSE[0].fullmatch(sub) else None
+            if pattern is None:
+                continue
+            try:
+                folder = _open_dir(objects, sub)
+            except OSError:
+                continue
+            try:
+                for name in sorted(os.listdir(folder)):
+                    if pattern.fullmatch(name):
+                        take(folder, name, dest_objects / sub / name)
+            finally:
+                os.close(folder)
     finally:
         os.close(objects)
         os.close(root)

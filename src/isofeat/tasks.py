@@ -50,18 +50,20 @@ def validate_name(name: str) -> str:
     return name
 
 
-def main_repo(start: Path) -> HostGit:
-    """The main repository of the worktree around ``start``, verified (hostgit.verify)."""
+def _enclosing_git(start: Path, fix: str) -> HostGit:
+    """The verified git of the nearest folder at or above ``start`` that has a ``.git``."""
     here = start.resolve()
     for folder in (here, *here.parents):
         if os.path.lexists(folder / ".git"):
             host = hostgit.verify(folder)
-            break
-    else:
-        host = None
-    if host is None:
-        raise IsofeatError(f"{start}: not inside a git repository",
-                           fix="run isofeat task in your project's repository")
+            if host is not None:
+                return host
+    raise IsofeatError(f"{start}: not inside a git repository", fix=fix)
+
+
+def main_repo(start: Path) -> HostGit:
+    """The main repository of the worktree around ``start``, verified (hostgit.verify)."""
+    host = _enclosing_git(start, fix="run isofeat task in your project's repository")
     if host.linked:  # from a task worktree, tasks still belong to the main repository
         main = hostgit.verify(host.common_dir.parent)
         if main is None or main.common_dir != host.common_dir:
@@ -451,15 +453,7 @@ def merge(start: Path, name: str, allow_devcontainer: bool,
 
 def fetch(start: Path, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
     """Bring the sandbox's branches of a directly opened project in as ``sandbox/*``."""
-    here = start.resolve()
-    host = None
-    for folder in (here, *here.parents):
-        if os.path.lexists(folder / ".git"):
-            host = hostgit.verify(folder)
-            break
-    if host is None:
-        raise IsofeatError(f"{start}: not inside a git repository",
-                           fix="run this in the project folder you opened in the sandbox")
+    host = _enclosing_git(start, fix="run this in the project folder you opened in the sandbox")
     agent = agent_git(host.workspace, environ)
     refs = hostgit.read_agent_refs(agent)
     wanted = {ref: "refs/remotes/sandbox/" + ref.removeprefix("refs/heads/")
