@@ -35,7 +35,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 def _words_parser() -> argparse.ArgumentParser:
     # The words after the verb, options and positionals in any order. argparse (before 3.12)
     # cannot mix them in a subparser: `scaffold DIR --no-input k=v` would fail.
-    p = argparse.ArgumentParser(prog="isofeat scaffold", description=_DESCRIPTION)
+    from isofeat.cli import ArgumentParser  # its errors are IsofeatErrors, escaped in main
+
+    p = ArgumentParser(prog="isofeat scaffold", description=_DESCRIPTION)
     p.add_argument("project_dir", metavar="PROJECT_DIR", nargs="?", default=".")
     p.add_argument("assignments", metavar="key=value", nargs="*")
     _add_options(p)
