@@ -77,7 +77,12 @@ def build_images(
     environ: Mapping[str, str] = os.environ,
 ) -> int:
     from isofeat import extra_ca, image_build
+    from isofeat.errors import IsofeatError
 
+    if extra_ca_path is not None and not extra_ca_path.strip():
+        # Not "no extra CA": an empty value is more likely an unset shell variable.
+        raise IsofeatError("--extra-ca is empty", fix="give a PEM file or folder, or pass "
+                           "--no-extra-ca to trust no extra CA")
     started = time.monotonic()
     # Read the CAs before talking to Docker: a bad --extra-ca is the user's to fix first.
     ca_set = extra_ca.EMPTY if no_extra_ca else extra_ca.from_option(extra_ca_path, environ)

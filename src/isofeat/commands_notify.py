@@ -28,9 +28,15 @@ def send_verb(
 
 def watch_verb(root: str | None, backend: str, once: bool, as_json: bool) -> int:
     from isofeat.envvars import notify_root
+    from isofeat.errors import IsofeatError
     from isofeat.notify.watch import watch
 
+    if root is not None and not root.strip():
+        raise IsofeatError("--root is empty", fix="give the folder of environment folders")
     folder = Path(root) if root else notify_root(os.environ)
+    if folder.exists() and not folder.is_dir():
+        raise IsofeatError(f"--root {folder}: not a folder",
+                           fix="give the folder of environment folders, or leave --root out")
     return watch(folder, backend, once=once, as_json=as_json)
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from isofeat import argtypes
 from isofeat.commands_whitelist import add_layer_options
 from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
 from isofeat.whitelist import collect_layers, merge
@@ -154,9 +155,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "default, anchors and escapes every rule, and enforces ports on CONNECT and plain HTTP.",
     )
     add_layer_options(p)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--out", type=argtypes.folder, required=True, metavar="DIR")
     p.add_argument(
         "--upstream",
+        type=argtypes.text,
         metavar="URL",
         help="send allowed traffic through socks5://HOST:PORT or http://HOST:PORT",
     )
@@ -205,10 +207,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "without touching the sandbox container. A config that fails the checks is not "
         "applied. Render into the folder the proxy has mounted first (or run isofeat init).",
     )
-    p.add_argument("--container", help="the proxy container's name or id")
-    p.add_argument("--project", help="a Compose project; its proxy service is reloaded")
-    p.add_argument("--service", default="proxy", help="the service name (default: proxy)")
-    p.add_argument("--wait", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--container", type=argtypes.text, help="the proxy container's name or id")
+    p.add_argument(
+        "--project", type=argtypes.text, help="a Compose project; its proxy service is reloaded"
+    )
+    p.add_argument(
+        "--service", type=argtypes.text, default="proxy", help="the service name (default: proxy)"
+    )
+    p.add_argument("--wait", type=argtypes.seconds, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(func=lambda a: reload(a.container, a.project, a.service, a.wait))
 
     parser = sub.add_parser("egress", help="read what the proxy allowed and denied")
@@ -220,8 +226,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "each destination with how often it was allowed and denied. Example: "
         "`docker logs PROXY 2>&1 | isofeat egress log --denied`.",
     )
-    p.add_argument("log", metavar="FILE|-", nargs="?", default="-")
-    p.add_argument("--container", help="read the log of this proxy container")
+    p.add_argument("log", metavar="FILE|-", nargs="?", default="-", type=argtypes.text)
+    p.add_argument("--container", type=argtypes.text, help="read the log of this proxy container")
     p.add_argument("--denied", action="store_true", help="list only denied destinations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: egress_log(a.log, a.container, a.denied, a.json))

@@ -45,11 +45,29 @@ def _words_parser() -> argparse.ArgumentParser:
 
 
 def run(words: Sequence[str], no_input: bool, force: bool, template: str | None) -> int:
-    inner = _words_parser().parse_intermixed_args(list(words))
-    project, assignments = Path(inner.project_dir), list(inner.assignments)
+    from isofeat.errors import IsofeatError
+
+    words = list(words)
+    # After "--" every word is positional. Python 3.11's parse_intermixed_args does not
+    # honour "--" (`scaffold -- --force` would set --force), so split it off here.
+    rest: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, rest = words[:cut], words[cut + 1 :]
+    inner = _words_parser().parse_intermixed_args(words)
+    positional = [inner.project_dir] if inner.project_dir != "." or "." in words else []
+    positional += [*inner.assignments, *rest]
+    project_text = positional[0] if positional else "."
+    project, assignments = Path(project_text), positional[1:]
+    if not project_text:
+        raise IsofeatError("PROJECT_DIR is empty", fix="give the project's folder, or leave it "
+                           "out for the current folder")
+    if (template is not None and not template.strip()) or inner.template == "":
+        raise IsofeatError("--template is empty", fix="give an isofeat checkout, its "
+                           "templates/isofeat folder or a git URL, or leave --template out")
     # A lone key=value is an assignment, not a folder (unless such a folder exists).
-    if "=" in inner.project_dir and not project.is_dir():
-        project, assignments = Path("."), [inner.project_dir, *assignments]
+    if "=" in project_text and not project.is_dir():
+        project, assignments = Path("."), [project_text, *assignments]
     return scaffold(
         project,
         assignments,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from isofeat import argtypes
 from isofeat.errors import EXIT_DENIED, EXIT_OK, EXIT_USAGE, IsofeatError
 from isofeat.whitelist import BUILTIN_LISTS, Mode, load_policy, parse_target, parse_text, read_file
 
@@ -19,7 +20,7 @@ def add_layer_options(parser: argparse.ArgumentParser) -> None:
         "--whitelist",
         "-w",
         metavar="FILE",
-        type=Path,
+        type=argtypes.path,
         nargs="+",
         action="extend",
         default=[],
@@ -153,7 +154,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = parser.add_subparsers(dest="whitelist_verb", metavar="VERB", required=True)
 
     p = verbs.add_parser("lint", help="report bad lines as FILE:LINE: reason, with the fix")
-    p.add_argument("files", metavar="FILE", type=Path, nargs="+", help="whitelist file(s), or -")
+    p.add_argument(
+        "files", metavar="FILE", type=argtypes.path, nargs="+", help="whitelist file(s), or -"
+    )
     p.set_defaults(func=lambda a: lint(a.files))
 
     p = verbs.add_parser(
@@ -200,10 +203,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the merged list already allows are left out. Review before adding: a denial may be an "
         "agent trying to exfiltrate.",
     )
-    p.add_argument("log", metavar="FILE|-", nargs="?", default="-")
-    p.add_argument("--container", help="read the log of this proxy container instead")
+    p.add_argument("log", metavar="FILE|-", nargs="?", default="-", type=argtypes.text)
     p.add_argument(
-        "--whitelist", "-w", metavar="FILE", type=Path, nargs="+", action="extend", default=[]
+        "--container", type=argtypes.text, help="read the log of this proxy container instead"
+    )
+    p.add_argument(
+        "--whitelist", "-w", metavar="FILE", type=argtypes.path, nargs="+", action="extend",
+        default=[],
     )
     p.add_argument("--defaults", choices=[*BUILTIN_LISTS, "none"], default="none")
     p.add_argument("--no-global", action="store_true")

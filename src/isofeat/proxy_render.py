@@ -106,6 +106,8 @@ def parse_upstream(url: str) -> Upstream:
         port = None
     if not parts.hostname or port is None:
         raise IsofeatError(f"upstream proxy {url!r}: needs a host and a port", fix=fix)
+    if not 1 <= port <= 65535:
+        raise IsofeatError(f"upstream proxy {url!r}: port {port} is out of range", fix=fix)
     for ch in url:
         if ch.isspace() or ch in '"#':
             raise IsofeatError(

@@ -352,6 +352,11 @@ def parse_text(text: str, path: str) -> tuple[list[Item], list[Problem]]:
 
 
 def read_file(path: Path) -> str:
+    if path.is_dir():
+        raise IsofeatError(f"{path}: is a folder, not a whitelist file", fix="name the file in it")
+    if path.exists() and not path.is_file():
+        # A FIFO would block the read for ever, a device never end it.
+        raise IsofeatError(f"{path}: not a regular file", fix="give a whitelist file")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -1,0 +1,42 @@
+"""argparse ``type=`` checks shared by the verbs: bad values fail at parse time, exit 2.
+
+An empty string is the case they exist for: ``Path("")`` is ``.``, so ``--out ""`` would
+write into the current folder and ``--container ""`` would quietly read stdin instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def text(value: str) -> str:
+    """A non-empty value (a container or project name, a URL)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is empty; give a value")
+    return value
+
+
+def path(value: str) -> Path:
+    """A non-empty path; whether it must exist is the verb's to say."""
+    return Path(text(value))
+
+
+def folder(value: str) -> Path:
+    """A path that is a folder, or does not exist yet (the verb creates it)."""
+    result = path(value)
+    if result.exists() and not result.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} exists and is not a folder")
+    return result
+
+
+def seconds(value: str) -> float:
+    """A finite number of seconds from 0 to 600."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not math.isfinite(number) or not 0 <= number <= 600:
+        raise argparse.ArgumentTypeError(f"{value!r}: give 0 to 600 seconds")
+    return number
