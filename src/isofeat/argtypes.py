@@ -15,6 +15,9 @@ def text(value: str) -> str:
     """A non-empty value (a container or project name, a URL)."""
     if not value.strip():
         raise argparse.ArgumentTypeError(f"{value!r} is empty; give a value")
+    if "\x00" in value:
+        # No path or name can hold one; the OS would raise ValueError deep in a verb.
+        raise argparse.ArgumentTypeError(f"{value!r} holds a NUL byte")
     return value
 
 

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from isofeat import argtypes
 from isofeat.scaffold import VARIABLES, scaffold
 
 _DESCRIPTION = (
@@ -26,6 +27,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--template",
+        type=argtypes.text,
         metavar="PATH|URL",
         help="the template: an isofeat checkout, its templates/isofeat folder, or a git URL "
         "(default: this installation's checkout, else github.com/isofeat/isofeat)",
@@ -59,12 +61,9 @@ def run(words: Sequence[str], no_input: bool, force: bool, template: str | None)
     positional += [*inner.assignments, *rest]
     project_text = positional[0] if positional else "."
     project, assignments = Path(project_text), positional[1:]
-    if not project_text:
-        raise IsofeatError("PROJECT_DIR is empty", fix="give the project's folder, or leave it "
-                           "out for the current folder")
-    if (template is not None and not template.strip()) or inner.template == "":
-        raise IsofeatError("--template is empty", fix="give an isofeat checkout, its "
-                           "templates/isofeat folder or a git URL, or leave --template out")
+    if not project_text or "\x00" in project_text:
+        raise IsofeatError(f"PROJECT_DIR {project_text!r} is empty or holds a NUL",
+                           fix="give the project's folder, or leave it out for the current one")
     # A lone key=value is an assignment, not a folder (unless such a folder exists).
     if "=" in project_text and not project.is_dir():
         project, assignments = Path("."), [project_text, *assignments]

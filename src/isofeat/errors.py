@@ -9,6 +9,8 @@ EXIT_OK = 0
 EXIT_DENIED = 1  # a question answered "no" (whitelist check), or a check that failed
 EXIT_USAGE = 2  # bad input: the message names the file, line and fix
 EXIT_INTERNAL = 3  # an unexpected error; the traceback is kept
+#: Characters of one message line shown before it is cut.
+MAX_SHOWN = 2000
 
 
 def escape(text: str) -> str:
@@ -18,6 +20,9 @@ def escape(text: str) -> str:
     would drive the terminal, and a raw newline could forge a ``fix:`` line. Line breaks
     are escaped too; a message that needs several lines passes them as ``lines``.
     """
+    if len(text) > MAX_SHOWN:
+        # A pasted megabyte would bury the message; the start says what it was.
+        text = f"{text[:MAX_SHOWN]}... ({len(text) - MAX_SHOWN} more characters)"
     if text.isprintable():
         return text  # the common case costs one C-level scan
     out = []
