@@ -28,6 +28,11 @@ from pathlib import Path
 from isofeat import __version__
 from isofeat.errors import IsofeatError
 
+# Not typing.TYPE_CHECKING: importing typing costs init a few percent of its time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # whitelist is imported only when a render is needed
+    from isofeat.whitelist import Policy
+
 #: The sandbox group shared by the host user and the container user.
 SANDBOX_GID = 2000
 SETTINGS_FILE = "isofeat.json"
@@ -254,21 +259,46 @@ def _render_key(defaults: str, files: list[Path], settings: Settings,
     return digest.hexdigest()
 
 
+#: Names the doctor asks the proxy for, expecting a 403; the first the policy denies is used.
+DENIED_PROBES = ("isofeat-doctor-denied.invalid", "isofeat-doctor-denied-2.invalid")
+
+
+def _probes(policy: Policy) -> tuple[str, str]:
+    """``(allowed, denied)`` HOST:PORT for the doctor, decided on the merged policy.
+
+    The allowed probe is the first plain name (else a name under the first wildcard, else
+    the first address), on its CONNECT port; "" when the policy allows nothing.
+    """
+    allowed = ""
+    for kinds in (("name", False), ("name", True), ("ipv4", False), ("ipv6", False)):
+        entry = next((e for e in policy.entries if (e.kind, e.wildcard) == kinds), None)
+        if entry is not None:
+            host = f"isofeat-doctor.{entry.host}" if entry.wildcard else entry.wire_host
+            allowed = f"{host}:{entry.ports('connect')}"
+            break
+    denied = next((f"{name}:443" for name in DENIED_PROBES
+                   if not policy.decide(name, 443, "connect").allowed), "")
+    return allowed, denied
+
+
 def _render_proxy(
     out: Path, *, defaults: str, project_file: Path, settings: Settings,
     allow_clients: tuple[str, ...], environ: Mapping[str, str],
-) -> int:
-    """Render one proxy's config into ``out``; skipped when nothing it depends on changed."""
+) -> tuple[int, str, str]:
+    """Render one proxy's config into ``out``; skipped when nothing it depends on changed.
+
+    Returns the entry count and the doctor's allowed and denied probes (see :func:`_probes`).
+    """
     from isofeat.envvars import global_whitelist
 
     files = [p for p in (global_whitelist(defaults, environ), project_file) if p.is_file()]
     key = _render_key(defaults, files, settings, allow_clients)
     stamp = out / ".render-key"
     try:
-        cached = stamp.read_text(encoding="ascii").split()
+        cached = stamp.read_text(encoding="ascii").split(" ")
         if cached[0] == key and (out / "filter").is_file() and (out / "tinyproxy.conf").is_file():
-            return int(cached[1])
-    except (FileNotFoundError, IndexError, ValueError):
+            return int(cached[1]), cached[2], cached[3].rstrip("\n")
+    except (FileNotFoundError, IndexError, ValueError, UnicodeDecodeError):
         pass
 
     from isofeat import proxy_render
@@ -288,8 +318,9 @@ def _render_proxy(
     out.chmod(0o755)
     _write_if_changed(out / proxy_render.FILTER_NAME, rendered.filter)
     _write_if_changed(out / proxy_render.CONF_NAME, rendered.conf)
-    _write_if_changed(stamp, f"{key} {len(policy.entries)}\n")
-    return len(policy.entries)
+    allowed, denied = _probes(policy)
+    _write_if_changed(stamp, f"{key} {len(policy.entries)} {allowed} {denied}\n")
+    return len(policy.entries), allowed, denied
 
 
 def init(
@@ -328,11 +359,11 @@ def init(
             # A linked worktree commits into the main repository's git folder.
             shared += "; main git folder " + share_with_sandbox(Path(git.common))
     subnet = dind_subnet(env_id)
-    sandbox_entries = _render_proxy(
+    sandbox_entries, probe_allowed, probe_denied = _render_proxy(
         state / "proxy", defaults="sandbox", project_file=devcontainer / "whitelist.txt",
         settings=settings, allow_clients=(), environ=environ,
     )
-    dind_entries = _render_proxy(
+    dind_entries, _, _ = _render_proxy(
         state / "dind-proxy", defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
         # Loopback too: the image's healthcheck must meet the filter, not the ACL's refusal.
         settings=settings, allow_clients=(subnet, "127.0.0.1/32"), environ=environ,
@@ -354,6 +385,9 @@ def init(
         "ISOFEAT_PROXY_IMAGE": f"isofeat/proxy:{__version__}",
         "ISOFEAT_DIND_IMAGE": f"isofeat/dind:{__version__}",
         "ISOFEAT_DIND_SUBNET": subnet,
+        # What the self-test asks the proxy for: decided here, on the whitelist just rendered.
+        "ISOFEAT_PROBE_ALLOWED": probe_allowed,
+        "ISOFEAT_PROBE_DENIED": probe_denied,
     }
     for key, value in values.items():
         if "\n" in value or "\r" in value:
