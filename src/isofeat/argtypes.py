@@ -43,3 +43,17 @@ def seconds(value: str) -> float:
     if not math.isfinite(number) or not 0 <= number <= 600:
         raise argparse.ArgumentTypeError(f"{value!r}: give 0 to 600 seconds")
     return number
+
+
+def owner(value: str) -> tuple[int, int]:
+    """``UID[:GID]`` as numbers (GID defaults to UID): who may read a private render."""
+    uid_text, _, gid_text = value.partition(":")
+    gid_text = gid_text or uid_text
+    if not (uid_text.isascii() and uid_text.isdigit() and gid_text.isascii()
+            and gid_text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{value!r} is not UID[:GID] in numbers, e.g. 2888:2888")
+    uid, gid = int(uid_text), int(gid_text)
+    if uid == 0 or gid == 0 or uid > 2**31 or gid > 2**31:
+        # Root needs no file to be readable by it; the proxy must not run as root.
+        raise argparse.ArgumentTypeError(f"{value!r}: give a non-root uid and gid below 2^31")
+    return uid, gid

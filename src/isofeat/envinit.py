@@ -40,6 +40,11 @@ ENV_FILE = ".env"
 NO_GIT_TARGET = "/run/isofeat/no-git"
 NO_WORKTREE_TARGET = "/run/isofeat/no-worktree"
 DIND_POOL = (10, 213)  # DinD subnets are 10.213.X.0/24, X chosen by the environment id
+#: The uid and gid both proxies run as when init runs as root: unprivileged, and neither the
+#: sandbox user (1001, group 2000) nor the DinD engine's (1000), so the agent's uid can never
+#: read the render. A non-root host user cannot give files away: then the proxies run as
+#: that user's own uid and gid (see :func:`proxy_owner`).
+PROXY_UID = PROXY_GID = 2888
 
 
 class Settings:
@@ -237,7 +242,9 @@ def dind_subnet(env_id: str) -> str:
     return f"{DIND_POOL[0]}.{DIND_POOL[1]}.{third}.0/24"
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
+def _write_if_changed(
+    path: Path, text: str, *, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> bool:
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
@@ -245,8 +252,39 @@ def _write_if_changed(path: Path, text: str) -> bool:
         pass
     from isofeat.atomic import write_text  # tempfile is a costly import; only when writing
 
-    write_text(path, text)
+    write_text(path, text, mode=mode, owner=owner)
     return True
+
+
+def proxy_owner() -> tuple[int, int]:
+    """The uid:gid the proxies run as, and that alone may read their rendered folders.
+
+    The rendered config can hold upstream credentials, so it is 0600 in a 0700 folder. The
+    proxy reads it through a bind mount, so it must run as the files' owner: root hands them
+    to :data:`PROXY_UID`; anyone else keeps them and runs the proxy as themselves.
+    """
+    if os.geteuid() == 0:
+        return PROXY_UID, PROXY_GID
+    return os.getuid(), os.getgid()
+
+
+def _make_private(out: Path, owner: tuple[int, int]) -> None:
+    """``out`` 0700 and its files 0600, owned by ``owner``; on every open, because a render
+    left by an older isofeat (0755 and 0644) is otherwise kept as it is."""
+    import stat
+
+    for path, mode in ((out, 0o700), *((out / name, 0o600) for name in _PROXY_FILES)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if (st.st_uid, st.st_gid) != owner:
+            os.chown(path, *owner)  # only root gets here: a user's own files already match
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+
+
+_PROXY_FILES = ("filter", "tinyproxy.conf", ".render-key")
 
 
 def _render_key(defaults: str, files: list[Path], settings: Settings,
@@ -294,10 +332,13 @@ def _render_proxy(
     files = [p for p in (global_whitelist(defaults, environ), project_file) if p.is_file()]
     key = _render_key(defaults, files, settings, allow_clients)
     stamp = out / ".render-key"
+    owner = proxy_owner()
     try:
         cached = stamp.read_text(encoding="ascii").split(" ")
         if cached[0] == key and (out / "filter").is_file() and (out / "tinyproxy.conf").is_file():
-            return int(cached[1]), cached[2], cached[3].rstrip("\n")
+            found = int(cached[1]), cached[2], cached[3].rstrip("\n")
+            _make_private(out, owner)
+            return found
     except (FileNotFoundError, IndexError, ValueError, UnicodeDecodeError):
         pass
 
@@ -313,13 +354,14 @@ def _render_proxy(
         policy, layers=[layer.label for layer in layers], upstream=settings.upstream,
         no_upstream=settings.no_upstream, allow_clients=allow_clients,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    # The proxy reads the folder through a bind mount as its own non-root user.
-    out.chmod(0o755)
-    _write_if_changed(out / proxy_render.FILTER_NAME, rendered.filter)
-    _write_if_changed(out / proxy_render.CONF_NAME, rendered.conf)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Folder first: the credentials must never sit in a folder others can enter.
+    _make_private(out, owner)
+    _write_if_changed(out / proxy_render.FILTER_NAME, rendered.filter, mode=0o600, owner=owner)
+    _write_if_changed(out / proxy_render.CONF_NAME, rendered.conf, mode=0o600, owner=owner)
     allowed, denied = _probes(policy)
-    _write_if_changed(stamp, f"{key} {len(policy.entries)} {allowed} {denied}\n")
+    stamp_text = f"{key} {len(policy.entries)} {allowed} {denied}\n"
+    _write_if_changed(stamp, stamp_text, mode=0o600, owner=owner)
     return len(policy.entries), allowed, denied
 
 
@@ -338,7 +380,9 @@ def init(
     settings = read_settings(devcontainer)
     env_id = env_id_for(workspace)
     state = state_root(environ) / env_id
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # It holds the proxies' renders (upstream credentials): the user's alone.
+    state.chmod(0o700)
 
     # The sandbox user (gid 2000) writes notifications; the host user watches them.
     try:
@@ -385,6 +429,8 @@ def init(
         "ISOFEAT_PROXY_IMAGE": f"isofeat/proxy:{__version__}",
         "ISOFEAT_DIND_IMAGE": f"isofeat/dind:{__version__}",
         "ISOFEAT_DIND_SUBNET": subnet,
+        # Both proxies run as the owner of their 0600 renders (compose.yaml `user:`).
+        "ISOFEAT_PROXY_USER": "{}:{}".format(*proxy_owner()),
         # What the self-test asks the proxy for: decided here, on the whitelist just rendered.
         "ISOFEAT_PROBE_ALLOWED": probe_allowed,
         "ISOFEAT_PROBE_DENIED": probe_denied,
