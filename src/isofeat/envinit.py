@@ -268,6 +268,21 @@ def proxy_owner() -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
+def proxy_container_user(environ: Mapping[str, str]) -> str:
+    """``uid:gid`` for the proxies' ``user:`` in compose: the owner of their renders, as the
+    container sees it.
+
+    Rootless Docker maps container uid 0 to the host user and every other uid to a
+    subordinate one that cannot read the user's 0600 files: there the owner is "0:0", which
+    is the unprivileged host user (and the containers drop every capability).
+    """
+    from isofeat.envvars import DOCKER_HOST
+
+    if os.geteuid() != 0 and "/run/user/" in environ.get(DOCKER_HOST, ""):
+        return "0:0"
+    return "{}:{}".format(*proxy_owner())
+
+
 def _make_private(out: Path, owner: tuple[int, int]) -> None:
     """``out`` 0700 and its files 0600, owned by ``owner``; on every open, because a render
     left by an older isofeat (0755 and 0644) is otherwise kept as it is."""
@@ -430,7 +445,7 @@ def init(
         "ISOFEAT_DIND_IMAGE": f"isofeat/dind:{__version__}",
         "ISOFEAT_DIND_SUBNET": subnet,
         # Both proxies run as the owner of their 0600 renders (compose.yaml `user:`).
-        "ISOFEAT_PROXY_USER": "{}:{}".format(*proxy_owner()),
+        "ISOFEAT_PROXY_USER": proxy_container_user(environ),
         # What the self-test asks the proxy for: decided here, on the whitelist just rendered.
         "ISOFEAT_PROBE_ALLOWED": probe_allowed,
         "ISOFEAT_PROBE_DENIED": probe_denied,

@@ -84,6 +84,17 @@ def test_root_hands_the_render_to_an_unprivileged_uid_others_keep_their_own(
     assert envinit.proxy_owner() == (1234, 1234)
 
 
+def test_rootless_docker_runs_the_proxy_as_container_root_which_is_the_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1234)
+    monkeypatch.setattr(os, "getuid", lambda: 1234)
+    monkeypatch.setattr(os, "getgid", lambda: 1234)
+    rootless = {"DOCKER_HOST": "unix:///run/user/1234/docker.sock"}
+    assert envinit.proxy_container_user(rootless) == "0:0"
+    assert envinit.proxy_container_user({}) == "1234:1234"
+
+
 def test_a_render_left_world_readable_is_tightened_on_the_next_open(
     workspace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
