@@ -240,13 +240,29 @@ def proxy_status(target: str, environ: Mapping[str, str] = os.environ) -> int | 
     return int(head[1]) if len(head) > 1 and head[1].isdigit() else None
 
 
+def _live_env_file() -> dict[str, str]:
+    """``.devcontainer/.env`` as `isofeat init` last wrote it (read-only in here).
+
+    Compose copies the probes into the environment when it creates the container; after
+    ``isofeat init && isofeat proxy reload`` (a new whitelist without a restart) only this
+    file matches what the proxy now enforces.
+    """
+    values: dict[str, str] = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (WORKSPACE / ".devcontainer" / ".env").read_text("utf-8").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                values[key] = value.strip("'")
+    return values
+
+
 def _probe(name: str, environ: Mapping[str, str]) -> str:
     """HOST:PORT from ``name``, which `isofeat init` chose on the merged, rendered whitelist.
 
     Deriving it here again would be wrong: the container sees only the project's whitelist,
     not the user's global file, which may remove what the built-in list allows.
     """
-    value = environ.get(name)
+    value = _live_env_file().get(name, environ.get(name))
     if value is None:
         raise LookupError(f"{name} is not set; run `isofeat init` on the host and rebuild the "
                           "container (compose.yaml passes it to `dev`)")
@@ -272,7 +288,7 @@ def denied_probe(environ: Mapping[str, str] = os.environ) -> str:
     """
     from isofeat.envvars import ISOFEAT_PROBE_DENIED
 
-    if ISOFEAT_PROBE_DENIED not in environ:
+    if ISOFEAT_PROBE_DENIED not in environ and ISOFEAT_PROBE_DENIED not in _live_env_file():
         return f"{DENIED_PROBE}:443"
     return _probe(ISOFEAT_PROBE_DENIED, environ)
 

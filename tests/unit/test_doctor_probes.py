@@ -183,3 +183,21 @@ def test_doctor_json_reports_the_probe_it_used(
                "ISOFEAT_PROBE_ALLOWED": env["ISOFEAT_PROBE_ALLOWED"]}
     check = doctor.check_allowed_name(environ)
     assert env["ISOFEAT_PROBE_ALLOWED"] in json.dumps(check.as_dict())
+
+
+def test_after_init_and_a_reload_the_live_env_file_wins_over_the_stale_environment(
+    workspace: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str], proxy_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The container's environment is fixed at creation; `isofeat init && isofeat proxy
+    reload` changes the filter without one. The doctor reads the read-only .env instead."""
+    stale = init_env(workspace, capsys)["ISOFEAT_PROBE_ALLOWED"]
+    deny_anthropic_globally(isolated_home)
+    env = init_env(workspace, capsys)
+    assert env["ISOFEAT_PROBE_ALLOWED"] != stale
+    monkeypatch.setattr(doctor, "WORKSPACE", workspace)
+    proxy = proxy_for(Path(env["ISOFEAT_PROXY_CONF"].strip("'")) / "filter")
+    environ = {"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}", "ISOFEAT_PROBE_ALLOWED": stale}
+    check = doctor.check_allowed_name(environ)
+    assert check.ok, check.detail
+    assert proxy.asked == [env["ISOFEAT_PROBE_ALLOWED"]]
