@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from isofeat import argtypes
-from isofeat.errors import EXIT_DENIED, EXIT_OK, EXIT_USAGE, IsofeatError
+from isofeat.errors import EXIT_DENIED, EXIT_OK, EXIT_USAGE, IsofeatError, escape
 from isofeat.whitelist import BUILTIN_LISTS, Mode, load_policy, parse_target, parse_text, read_file
 
 
@@ -46,7 +46,8 @@ def lint(files: Sequence[Path]) -> int:
         text = sys.stdin.read() if str(path) == "-" else read_file(path)
         _items, problems = parse_text(text, "<stdin>" if str(path) == "-" else str(path))
         for problem in problems:
-            print(problem, file=sys.stderr)
+            # The file name is the user's, the line the file's: neither reaches the TTY raw.
+            print("\n".join(escape(line) for line in problem.lines()), file=sys.stderr)
         count += len(problems)
     if count:
         print(f"{count} bad line(s); nothing in these files was applied.", file=sys.stderr)
@@ -108,9 +109,10 @@ def show(
         return EXIT_OK
     width = max((len(str(e)) for e in policy.entries), default=0)
     for entry in policy.entries:
-        print(f"{entry!s:<{width}}  # {entry.source}")
+        print(f"{entry!s:<{width}}  # {escape(str(entry.source))}")
     for entry, removal in policy.removed:
-        print(f"# removed: {entry} ({entry.source}) by !{removal.target} ({removal.source})")
+        print(escape(f"# removed: {entry} ({entry.source}) by !{removal.target} "
+                     f"({removal.source})"))
     return EXIT_OK
 
 

@@ -217,3 +217,18 @@ def test_the_console_script_writes_no_control_bytes(
     assert not [b for b in raw if (b < 0x20 and b != 0x0A) or b == 0x7F], raw
     assert b"\xc2\x9b" not in raw  # the C1 CSI, UTF-8 encoded
     assert list(tmp_path.iterdir()) == [isolated_home]
+
+
+def test_lint_and_show_escape_the_file_name_they_print(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = scratch / "work" / f"wl{ESC}.txt"
+    bad.write_text("*\n")
+    assert main(["whitelist", "lint", str(bad)]) == 2
+    good = scratch / "work" / f"ok{ESC}.txt"
+    good.write_text("example.com\n")
+    assert main(["whitelist", "show", "--defaults", "none", "-w", str(good)]) == 0
+    out, err = capsys.readouterr()
+    assert "fix:" in err
+    assert _no_raw_controls(out + err), repr(out + err)
+    assert "\\x1b[31m" in err and "\\x1b[31m" in out
