@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import typing
 from collections.abc import Sequence
 
 from isofeat import __version__
 from isofeat.errors import EXIT_INTERNAL, IsofeatError
+
+# Not typing.TYPE_CHECKING: importing typing would cost every verb, `init` included.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # Modules that add verbs, in the order --help lists them.
 COMMAND_MODULES = (
@@ -58,7 +62,7 @@ class ArgumentParser(argparse.ArgumentParser):
     Subparsers inherit this class.
     """
 
-    def error(self, message: str) -> typing.NoReturn:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message, fix=f"see `{self.prog} --help`", usage=self.format_usage())
 
 
