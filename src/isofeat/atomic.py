@@ -8,8 +8,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+def write_text(
+    path: Path, text: str, *, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    ``owner`` (uid, gid) is set before the rename too: a reader that may read only as that
+    owner (the proxy, on a 0600 file) never meets the new file unreadable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -18,6 +24,8 @@ def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, path)
     except BaseException:
         # Leave nothing half-written behind, whatever went wrong.

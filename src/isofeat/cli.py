@@ -16,6 +16,11 @@ from collections.abc import Sequence
 from isofeat import __version__
 from isofeat.errors import EXIT_INTERNAL, IsofeatError
 
+# Not typing.TYPE_CHECKING: importing typing would cost every verb, `init` included.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 # Modules that add verbs, in the order --help lists them.
 COMMAND_MODULES = (
     "isofeat.commands_whitelist",
@@ -40,9 +45,30 @@ FAST_VERBS = {
 }
 
 
+class UsageError(IsofeatError):
+    """Bad command-line syntax, found by argparse; shown after the usage line."""
+
+    def __init__(self, message: str, *, fix: str, usage: str) -> None:
+        super().__init__(message, fix=fix)
+        self.usage = usage
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors raised as :class:`IsofeatError` instead of printed raw.
+
+    argparse quotes some arguments with repr() but echoes others as typed ("unrecognized
+    arguments: ..."); raising lets :func:`main` print every error the one escaped way, and
+    lets a verb that parses words of its own (``scaffold``) fail like any other error.
+    Subparsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, fix=f"see `{self.prog} --help`", usage=self.format_usage())
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or only ``verb``'s part when it is one of :data:`FAST_VERBS`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="isofeat",
         description="One sandbox per coding task for AI agents: whitelists, the egress proxy, "
         "images and agent launch.",
@@ -60,19 +86,29 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _report(err: IsofeatError) -> int:
+    """The one place errors reach the terminal; str(err) escapes what the user typed."""
+    if isinstance(err, UsageError):
+        # Built from option names only, never from user input: printed as it is.
+        sys.stderr.write(err.usage)
+    print(f"isofeat: error: {err}", file=sys.stderr)
+    return err.code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
-        # argparse exits 2 on bad usage and 0 after --help/--version; return, don't raise.
+        # argparse exits 0 after --help/--version; return, don't raise.
         return exit_.code if isinstance(exit_.code, int) else 2
+    except IsofeatError as err:
+        return _report(err)
     try:
         result: int = args.func(args)
     except IsofeatError as err:
-        print(f"isofeat: error: {err}", file=sys.stderr)
-        return err.code
+        return _report(err)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

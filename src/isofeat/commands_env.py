@@ -7,12 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-from isofeat.errors import EXIT_DENIED, EXIT_OK
+from isofeat import argtypes
+from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
 
 
 def init(workspace: Path, as_json: bool, quiet: bool, share: bool) -> int:
     from isofeat.envinit import init as run_init
 
+    if not workspace.is_dir():
+        # Said here, before "has no .devcontainer/": the folder itself is what is wrong.
+        what = "does not exist" if not workspace.exists() else "is not a folder"
+        raise IsofeatError(f"{workspace}: {what}", fix="give the project's folder (default: .)")
     result = run_init(workspace, share=share)
     if as_json:
         print(json.dumps(result))
@@ -51,7 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "proxies' configs, finds the git folders to mount, and writes .devcontainer/.env. "
         "Idempotent; runs on every open.",
     )
-    p.add_argument("workspace", nargs="?", type=Path, default=Path.cwd(), metavar="WORKSPACE")
+    p.add_argument(
+        "workspace", nargs="?", type=argtypes.path, default=Path.cwd(), metavar="WORKSPACE"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from isofeat import argtypes
 from isofeat.errors import EXIT_OK
 
 CHOICES = ("base", "proxy", "dind", "all")
@@ -40,6 +41,8 @@ def register(subparsers: Any) -> None:
     cas.add_argument(
         "--extra-ca",
         metavar="PATH",
+        # Non-empty: an empty value is more likely an unset shell variable than "no CA".
+        type=argtypes.text,
         default=None,
         help="PEM file (one or more certificates) or folder of *.crt/*.pem files to trust in "
         "every image (default: $ISOFEAT_EXTRA_CA_CERTS, else keep what the existing base image "
@@ -77,7 +80,6 @@ def build_images(
     environ: Mapping[str, str] = os.environ,
 ) -> int:
     from isofeat import extra_ca, image_build
-
     started = time.monotonic()
     # Read the CAs before talking to Docker: a bad --extra-ca is the user's to fix first.
     ca_set = extra_ca.EMPTY if no_extra_ca else extra_ca.from_option(extra_ca_path, environ)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 # The package's __init__ is light (stdlib only); the send/watch modules are not imported here.
+from isofeat import argtypes
 from isofeat.notify import BACKENDS, HOOK_KINDS, URGENCIES
 
 
@@ -28,9 +29,13 @@ def send_verb(
 
 def watch_verb(root: str | None, backend: str, once: bool, as_json: bool) -> int:
     from isofeat.envvars import notify_root
+    from isofeat.errors import IsofeatError
     from isofeat.notify.watch import watch
 
     folder = Path(root) if root else notify_root(os.environ)
+    if folder.exists() and not folder.is_dir():
+        raise IsofeatError(f"--root {folder}: not a folder",
+                           fix="give the folder of environment folders, or leave --root out")
     return watch(folder, backend, once=once, as_json=as_json)
 
 
@@ -89,6 +94,7 @@ def register(subparsers: Any) -> None:
     )
     watch.add_argument(
         "--root",
+        type=argtypes.text,
         metavar="DIR",
         help="folder of environment folders (default $XDG_STATE_HOME/isofeat/notify)",
     )

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from isofeat import argtypes
 from isofeat.commands_whitelist import add_layer_options
 from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
 from isofeat.whitelist import collect_layers, merge
@@ -26,8 +27,13 @@ def render(
     max_clients: int,
     as_json: bool,
     environ: Mapping[str, str] = os.environ,
+    owner: tuple[int, int] | None = None,
 ) -> int:
-    """Merge the whitelist layers and write ``out/tinyproxy.conf`` and ``out/filter``."""
+    """Merge the whitelist layers and write ``out/tinyproxy.conf`` and ``out/filter``.
+
+    With upstream credentials, or with ``owner``, the folder is 0700 and its files 0600,
+    owned by ``owner`` or by whoever runs this; the proxy must run as that uid.
+    """
     from isofeat import proxy_render
 
     layers = collect_layers(
@@ -44,7 +50,16 @@ def render(
     )
     if out.exists() and not out.is_dir():
         raise IsofeatError(f"{out}: exists and is not a folder", fix="choose another --out")
-    proxy_render.write(rendered, out)
+    private = rendered.secret or owner is not None
+    try:
+        proxy_render.write(rendered, out, private=private, owner=owner)
+    except PermissionError as err:
+        raise IsofeatError(
+            f"{out}: cannot give the render to uid:gid {owner}: {err.strerror}",
+            fix="run as root to choose --owner, or leave it out and run the proxy container "
+            "as your own uid (docker run --user \"$(id -u):$(id -g)\")",
+        ) from None
+    uid, gid = owner or (os.getuid(), os.getgid())
     summary = {
         "out": str(out),
         "conf": str(out / proxy_render.CONF_NAME),
@@ -53,6 +68,8 @@ def render(
         "rules": rendered.rule_count,
         "connect_ports": rendered.connect_ports,
         "layers": [layer.label for layer in layers],
+        # Who the proxy must run as to read a private render; None: any uid may.
+        "proxy_user": f"{uid}:{gid}" if private else None,
     }
     if as_json:
         print(json.dumps(summary))
@@ -61,6 +78,11 @@ def render(
             f"wrote {summary['conf']} and {summary['filter']}: {len(policy.entries)} entries, "
             f"{rendered.rule_count} rules, CONNECT ports {rendered.connect_ports}"
         )
+        if private:
+            why = "holds upstream credentials" if rendered.secret else "was given an --owner"
+            print(f"the config {why}: {out} is 0700 and its files 0600, readable by uid {uid} "
+                  f"only; run the proxy as that user (docker run --user {uid}:{gid})",
+                  file=sys.stderr)
     return EXIT_OK
 
 
@@ -106,7 +128,9 @@ def reload(container: str | None, project: str | None, service: str, wait: float
     """
     target = _find_container(container, project, service)
     name = target.name  # type: ignore[attr-defined]  # docker SDK is untyped
-    code, output = target.exec_run([ENTRYPOINT, "--reload"], user="tinyproxy")  # type: ignore[attr-defined]
+    # As the container's own user (no `user=`): that is who can read a private render, and
+    # who may signal tinyproxy (compose runs it as ISOFEAT_PROXY_USER, not as `tinyproxy`).
+    code, output = target.exec_run([ENTRYPOINT, "--reload"])  # type: ignore[attr-defined]
     text = output.decode("utf-8", "replace").strip()
     if code != 0:
         print(f"isofeat: proxy {name} refused the new config and keeps its previous rules:\n"
@@ -154,9 +178,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "default, anchors and escapes every rule, and enforces ports on CONNECT and plain HTTP.",
     )
     add_layer_options(p)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--out", type=argtypes.folder, required=True, metavar="DIR")
     p.add_argument(
         "--upstream",
+        type=argtypes.text,
         metavar="URL",
         help="send allowed traffic through socks5://HOST:PORT or http://HOST:PORT",
     )
@@ -182,6 +207,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=100,
         help="connections served at once; more are refused (default 100)",
     )
+    p.add_argument(
+        "--owner",
+        type=argtypes.owner,
+        metavar="UID[:GID]",
+        help="make DIR 0700 and its files 0600, owned by this uid (needs root); run the proxy "
+        "as it. Without it, a config with upstream credentials is private to you",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(
         func=lambda a: render(
@@ -194,6 +226,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             a.allow_client,
             a.max_clients,
             a.json,
+            owner=a.owner,
         )
     )
 
@@ -205,10 +238,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "without touching the sandbox container. A config that fails the checks is not "
         "applied. Render into the folder the proxy has mounted first (or run isofeat init).",
     )
-    p.add_argument("--container", help="the proxy container's name or id")
-    p.add_argument("--project", help="a Compose project; its proxy service is reloaded")
-    p.add_argument("--service", default="proxy", help="the service name (default: proxy)")
-    p.add_argument("--wait", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--container", type=argtypes.text, help="the proxy container's name or id")
+    p.add_argument(
+        "--project", type=argtypes.text, help="a Compose project; its proxy service is reloaded"
+    )
+    p.add_argument(
+        "--service", type=argtypes.text, default="proxy", help="the service name (default: proxy)"
+    )
+    p.add_argument("--wait", type=argtypes.seconds, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(func=lambda a: reload(a.container, a.project, a.service, a.wait))
 
     parser = sub.add_parser("egress", help="read what the proxy allowed and denied")
@@ -220,8 +257,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "each destination with how often it was allowed and denied. Example: "
         "`docker logs PROXY 2>&1 | isofeat egress log --denied`.",
     )
-    p.add_argument("log", metavar="FILE|-", nargs="?", default="-")
-    p.add_argument("--container", help="read the log of this proxy container")
+    p.add_argument("log", metavar="FILE|-", nargs="?", default="-", type=argtypes.text)
+    p.add_argument("--container", type=argtypes.text, help="read the log of this proxy container")
     p.add_argument("--denied", action="store_true", help="list only denied destinations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: egress_log(a.log, a.container, a.denied, a.json))

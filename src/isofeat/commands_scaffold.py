@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from isofeat import argtypes
 from isofeat.scaffold import VARIABLES, scaffold
 
 _DESCRIPTION = (
@@ -26,6 +27,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--template",
+        type=argtypes.text,
         metavar="PATH|URL",
         help="the template: an isofeat checkout, its templates/isofeat folder, or a git URL "
         "(default: this installation's checkout, else github.com/isofeat/isofeat)",
@@ -35,7 +37,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 def _words_parser() -> argparse.ArgumentParser:
     # The words after the verb, options and positionals in any order. argparse (before 3.12)
     # cannot mix them in a subparser: `scaffold DIR --no-input k=v` would fail.
-    p = argparse.ArgumentParser(prog="isofeat scaffold", description=_DESCRIPTION)
+    from isofeat.cli import ArgumentParser  # its errors are IsofeatErrors, escaped in main
+
+    p = ArgumentParser(prog="isofeat scaffold", description=_DESCRIPTION)
     p.add_argument("project_dir", metavar="PROJECT_DIR", nargs="?", default=".")
     p.add_argument("assignments", metavar="key=value", nargs="*")
     _add_options(p)
@@ -43,11 +47,26 @@ def _words_parser() -> argparse.ArgumentParser:
 
 
 def run(words: Sequence[str], no_input: bool, force: bool, template: str | None) -> int:
-    inner = _words_parser().parse_intermixed_args(list(words))
-    project, assignments = Path(inner.project_dir), list(inner.assignments)
+    from isofeat.errors import IsofeatError
+
+    words = list(words)
+    # After "--" every word is positional. Python 3.11's parse_intermixed_args does not
+    # honour "--" (`scaffold -- --force` would set --force), so split it off here.
+    rest: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, rest = words[:cut], words[cut + 1 :]
+    inner = _words_parser().parse_intermixed_args(words)
+    positional = [inner.project_dir] if inner.project_dir != "." or "." in words else []
+    positional += [*inner.assignments, *rest]
+    project_text = positional[0] if positional else "."
+    project, assignments = Path(project_text), positional[1:]
+    if not project_text or "\x00" in project_text:
+        raise IsofeatError(f"PROJECT_DIR {project_text!r} is empty or holds a NUL",
+                           fix="give the project's folder, or leave it out for the current one")
     # A lone key=value is an assignment, not a folder (unless such a folder exists).
-    if "=" in inner.project_dir and not project.is_dir():
-        project, assignments = Path("."), [inner.project_dir, *assignments]
+    if "=" in project_text and not project.is_dir():
+        project, assignments = Path("."), [project_text, *assignments]
     return scaffold(
         project,
         assignments,

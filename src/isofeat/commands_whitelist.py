@@ -9,7 +9,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from isofeat.errors import EXIT_DENIED, EXIT_OK, EXIT_USAGE, IsofeatError
+from isofeat import argtypes
+from isofeat.errors import EXIT_DENIED, EXIT_OK, EXIT_USAGE, IsofeatError, escape
 from isofeat.whitelist import BUILTIN_LISTS, Mode, load_policy, parse_target, parse_text, read_file
 
 
@@ -19,7 +20,7 @@ def add_layer_options(parser: argparse.ArgumentParser) -> None:
         "--whitelist",
         "-w",
         metavar="FILE",
-        type=Path,
+        type=argtypes.path,
         nargs="+",
         action="extend",
         default=[],
@@ -45,7 +46,8 @@ def lint(files: Sequence[Path]) -> int:
         text = sys.stdin.read() if str(path) == "-" else read_file(path)
         _items, problems = parse_text(text, "<stdin>" if str(path) == "-" else str(path))
         for problem in problems:
-            print(problem, file=sys.stderr)
+            # The file name is the user's, the line the file's: neither reaches the TTY raw.
+            print("\n".join(escape(line) for line in problem.lines()), file=sys.stderr)
         count += len(problems)
     if count:
         print(f"{count} bad line(s); nothing in these files was applied.", file=sys.stderr)
@@ -107,9 +109,10 @@ def show(
         return EXIT_OK
     width = max((len(str(e)) for e in policy.entries), default=0)
     for entry in policy.entries:
-        print(f"{entry!s:<{width}}  # {entry.source}")
+        print(f"{entry!s:<{width}}  # {escape(str(entry.source))}")
     for entry, removal in policy.removed:
-        print(f"# removed: {entry} ({entry.source}) by !{removal.target} ({removal.source})")
+        print(escape(f"# removed: {entry} ({entry.source}) by !{removal.target} "
+                     f"({removal.source})"))
     return EXIT_OK
 
 
@@ -153,7 +156,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = parser.add_subparsers(dest="whitelist_verb", metavar="VERB", required=True)
 
     p = verbs.add_parser("lint", help="report bad lines as FILE:LINE: reason, with the fix")
-    p.add_argument("files", metavar="FILE", type=Path, nargs="+", help="whitelist file(s), or -")
+    p.add_argument(
+        "files", metavar="FILE", type=argtypes.path, nargs="+", help="whitelist file(s), or -"
+    )
     p.set_defaults(func=lambda a: lint(a.files))
 
     p = verbs.add_parser(
@@ -200,10 +205,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the merged list already allows are left out. Review before adding: a denial may be an "
         "agent trying to exfiltrate.",
     )
-    p.add_argument("log", metavar="FILE|-", nargs="?", default="-")
-    p.add_argument("--container", help="read the log of this proxy container instead")
+    p.add_argument("log", metavar="FILE|-", nargs="?", default="-", type=argtypes.text)
     p.add_argument(
-        "--whitelist", "-w", metavar="FILE", type=Path, nargs="+", action="extend", default=[]
+        "--container", type=argtypes.text, help="read the log of this proxy container instead"
+    )
+    p.add_argument(
+        "--whitelist", "-w", metavar="FILE", type=argtypes.path, nargs="+", action="extend",
+        default=[],
     )
     p.add_argument("--defaults", choices=[*BUILTIN_LISTS, "none"], default="none")
     p.add_argument("--no-global", action="store_true")

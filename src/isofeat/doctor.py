@@ -271,34 +271,76 @@ def proxy_status(target: str, environ: Mapping[str, str] = os.environ) -> int | 
     return int(head[1]) if len(head) > 1 and head[1].isdigit() else None
 
 
-def allowed_probe() -> str:
-    """An allowed name from the whitelist the container can see (defaults + project file)."""
-    from isofeat.whitelist import Layer, builtin_text, merge, read_file
+def _live_env_file() -> dict[str, str]:
+    """``.devcontainer/.env`` as `isofeat init` last wrote it (read-only in here).
 
-    layers = [Layer("builtin:sandbox", builtin_text("sandbox"))]
-    project = WORKSPACE / ".devcontainer" / "whitelist.txt"
-    if project.is_file():
-        layers.append(Layer(str(project), read_file(project)))
-    for entry in merge(layers).entries:
-        if entry.kind == "name" and not entry.wildcard:
-            return f"{entry.host}:{entry.ports('connect')}"
-    raise LookupError("the whitelist allows no plain host name to probe")
+    Compose copies the probes into the environment when it creates the container; after
+    ``isofeat init && isofeat proxy reload`` (a new whitelist without a restart) only this
+    file matches what the proxy now enforces.
+    """
+    values: dict[str, str] = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (WORKSPACE / ".devcontainer" / ".env").read_text("utf-8").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                values[key] = value.strip("'")
+    return values
 
 
-def check_denied_name() -> Check:
-    target = f"{DENIED_PROBE}:443"
-    ok, answer = _with_timeout(lambda: str(proxy_status(target)), TIMEOUT * 3)
+def _probe(name: str, environ: Mapping[str, str]) -> str:
+    """HOST:PORT from ``name``, which `isofeat init` chose on the merged, rendered whitelist.
+
+    Deriving it here again would be wrong: the container sees only the project's whitelist,
+    not the user's global file, which may remove what the built-in list allows.
+    """
+    value = _live_env_file().get(name, environ.get(name))
+    if value is None:
+        raise LookupError(f"{name} is not set; run `isofeat init` on the host and rebuild the "
+                          "container (compose.yaml passes it to `dev`)")
+    if not value:
+        raise LookupError(f"{name} is empty: the merged whitelist allows no host to probe")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not value.isprintable() or " " in value:
+        raise LookupError(f"{name}={value!r} is not HOST:PORT")
+    return value
+
+
+def allowed_probe(environ: Mapping[str, str] = os.environ) -> str:
+    """A HOST:PORT the rendered filter allows (``$ISOFEAT_PROBE_ALLOWED``)."""
+    from isofeat.envvars import ISOFEAT_PROBE_ALLOWED
+
+    return _probe(ISOFEAT_PROBE_ALLOWED, environ)
+
+
+def denied_probe(environ: Mapping[str, str] = os.environ) -> str:
+    """A HOST:PORT the rendered filter denies (``$ISOFEAT_PROBE_DENIED``).
+
+    Without the variable, the built-in name: nothing the user adds can allow it by accident.
+    """
+    from isofeat.envvars import ISOFEAT_PROBE_DENIED
+
+    if ISOFEAT_PROBE_DENIED not in environ and ISOFEAT_PROBE_DENIED not in _live_env_file():
+        return f"{DENIED_PROBE}:443"
+    return _probe(ISOFEAT_PROBE_DENIED, environ)
+
+
+def check_denied_name(environ: Mapping[str, str] = os.environ) -> Check:
+    try:
+        target = denied_probe(environ)
+    except LookupError as err:
+        return Check("proxy-denies", False, str(err))
+    ok, answer = _with_timeout(lambda: str(proxy_status(target, environ)), TIMEOUT * 3)
     passed = ok and answer == "403"
     return Check("proxy-denies", passed,
                  f"CONNECT {target}: {answer if ok else 'no answer (' + answer + ')'}; want 403")
 
 
-def check_allowed_name() -> Check:
+def check_allowed_name(environ: Mapping[str, str] = os.environ) -> Check:
     try:
-        target = allowed_probe()
-    except (LookupError, OSError, ValueError) as err:
+        target = allowed_probe(environ)
+    except LookupError as err:
         return Check("proxy-allows", False, str(err))
-    ok, answer = _with_timeout(lambda: str(proxy_status(target)), TIMEOUT * 3)
+    ok, answer = _with_timeout(lambda: str(proxy_status(target, environ)), TIMEOUT * 3)
     # Anything but 403 means the filter let it through; 200 means the far end answered too.
     passed = ok and answer not in ("403", "None")
     return Check("proxy-allows", passed,

@@ -29,6 +29,11 @@ from isofeat import __version__, hostgit
 from isofeat.errors import IsofeatError
 from isofeat.hostgit import HostGit
 
+# Not typing.TYPE_CHECKING: importing typing costs init a few percent of its time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # whitelist is imported only when a render is needed
+    from isofeat.whitelist import Policy
+
 #: The sandbox group shared by the host user and the container user.
 SANDBOX_GID = 2000
 SETTINGS_FILE = "isofeat.json"
@@ -36,6 +41,11 @@ ENV_FILE = ".env"
 NO_GIT_TARGET = "/run/isofeat/no-git"
 NO_POINTER_TARGET = "/run/isofeat/no-git-pointer"
 DIND_POOL = (10, 213)  # DinD subnets are 10.213.X.0/24, X chosen by the environment id
+#: The uid and gid both proxies run as when init runs as root: unprivileged, and neither the
+#: sandbox user (1001, group 2000) nor the DinD engine's (1000), so the agent's uid can never
+#: read the render. A non-root host user cannot give files away: then the proxies run as
+#: that user's own uid and gid (see :func:`proxy_owner`).
+PROXY_UID = PROXY_GID = 2888
 
 
 class Settings:
@@ -228,7 +238,9 @@ def dind_subnet(env_id: str) -> str:
     return f"{DIND_POOL[0]}.{DIND_POOL[1]}.{third}.0/24"
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
+def _write_if_changed(
+    path: Path, text: str, *, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> bool:
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
@@ -236,8 +248,54 @@ def _write_if_changed(path: Path, text: str) -> bool:
         pass
     from isofeat.atomic import write_text  # tempfile is a costly import; only when writing
 
-    write_text(path, text)
+    write_text(path, text, mode=mode, owner=owner)
     return True
+
+
+def proxy_owner() -> tuple[int, int]:
+    """The uid:gid the proxies run as, and that alone may read their rendered folders.
+
+    The rendered config can hold upstream credentials, so it is 0600 in a 0700 folder. The
+    proxy reads it through a bind mount, so it must run as the files' owner: root hands them
+    to :data:`PROXY_UID`; anyone else keeps them and runs the proxy as themselves.
+    """
+    if os.geteuid() == 0:
+        return PROXY_UID, PROXY_GID
+    return os.getuid(), os.getgid()
+
+
+def proxy_container_user(environ: Mapping[str, str]) -> str:
+    """``uid:gid`` for the proxies' ``user:`` in compose: the owner of their renders, as the
+    container sees it.
+
+    Rootless Docker maps container uid 0 to the host user and every other uid to a
+    subordinate one that cannot read the user's 0600 files: there the owner is "0:0", which
+    is the unprivileged host user (and the containers drop every capability).
+    """
+    from isofeat.envvars import DOCKER_HOST
+
+    if os.geteuid() != 0 and "/run/user/" in environ.get(DOCKER_HOST, ""):
+        return "0:0"
+    return "{}:{}".format(*proxy_owner())
+
+
+def _make_private(out: Path, owner: tuple[int, int]) -> None:
+    """``out`` 0700 and its files 0600, owned by ``owner``; on every open, because a render
+    left by an older isofeat (0755 and 0644) is otherwise kept as it is."""
+    import stat
+
+    for path, mode in ((out, 0o700), *((out / name, 0o600) for name in _PROXY_FILES)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if (st.st_uid, st.st_gid) != owner:
+            os.chown(path, *owner)  # only root gets here: a user's own files already match
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+
+
+_PROXY_FILES = ("filter", "tinyproxy.conf", ".render-key")
 
 
 def _render_key(defaults: str, files: list[Path], settings: Settings,
@@ -250,21 +308,49 @@ def _render_key(defaults: str, files: list[Path], settings: Settings,
     return digest.hexdigest()
 
 
+#: Names the doctor asks the proxy for, expecting a 403; the first the policy denies is used.
+DENIED_PROBES = ("isofeat-doctor-denied.invalid", "isofeat-doctor-denied-2.invalid")
+
+
+def _probes(policy: Policy) -> tuple[str, str]:
+    """``(allowed, denied)`` HOST:PORT for the doctor, decided on the merged policy.
+
+    The allowed probe is the first plain name (else a name under the first wildcard, else
+    the first address), on its CONNECT port; "" when the policy allows nothing.
+    """
+    allowed = ""
+    for kinds in (("name", False), ("name", True), ("ipv4", False), ("ipv6", False)):
+        entry = next((e for e in policy.entries if (e.kind, e.wildcard) == kinds), None)
+        if entry is not None:
+            host = f"isofeat-doctor.{entry.host}" if entry.wildcard else entry.wire_host
+            allowed = f"{host}:{entry.ports('connect')}"
+            break
+    denied = next((f"{name}:443" for name in DENIED_PROBES
+                   if not policy.decide(name, 443, "connect").allowed), "")
+    return allowed, denied
+
+
 def _render_proxy(
     out: Path, *, defaults: str, project_file: Path, settings: Settings,
     allow_clients: tuple[str, ...], environ: Mapping[str, str],
-) -> int:
-    """Render one proxy's config into ``out``; skipped when nothing it depends on changed."""
+) -> tuple[int, str, str]:
+    """Render one proxy's config into ``out``; skipped when nothing it depends on changed.
+
+    Returns the entry count and the doctor's allowed and denied probes (see :func:`_probes`).
+    """
     from isofeat.envvars import global_whitelist
 
     files = [p for p in (global_whitelist(defaults, environ), project_file) if p.is_file()]
     key = _render_key(defaults, files, settings, allow_clients)
     stamp = out / ".render-key"
+    owner = proxy_owner()
     try:
-        cached = stamp.read_text(encoding="ascii").split()
+        cached = stamp.read_text(encoding="ascii").split(" ")
         if cached[0] == key and (out / "filter").is_file() and (out / "tinyproxy.conf").is_file():
-            return int(cached[1])
-    except (FileNotFoundError, IndexError, ValueError):
+            found = int(cached[1]), cached[2], cached[3].rstrip("\n")
+            _make_private(out, owner)
+            return found
+    except (FileNotFoundError, IndexError, ValueError, UnicodeDecodeError):
         pass
 
     from isofeat import proxy_render
@@ -279,13 +365,15 @@ def _render_proxy(
         policy, layers=[layer.label for layer in layers], upstream=settings.upstream,
         no_upstream=settings.no_upstream, allow_clients=allow_clients,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    # The proxy reads the folder through a bind mount as its own non-root user.
-    out.chmod(0o755)
-    _write_if_changed(out / proxy_render.FILTER_NAME, rendered.filter)
-    _write_if_changed(out / proxy_render.CONF_NAME, rendered.conf)
-    _write_if_changed(stamp, f"{key} {len(policy.entries)}\n")
-    return len(policy.entries)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Folder first: the credentials must never sit in a folder others can enter.
+    _make_private(out, owner)
+    _write_if_changed(out / proxy_render.FILTER_NAME, rendered.filter, mode=0o600, owner=owner)
+    _write_if_changed(out / proxy_render.CONF_NAME, rendered.conf, mode=0o600, owner=owner)
+    allowed, denied = _probes(policy)
+    stamp_text = f"{key} {len(policy.entries)} {allowed} {denied}\n"
+    _write_if_changed(stamp, stamp_text, mode=0o600, owner=owner)
+    return len(policy.entries), allowed, denied
 
 
 def init(
@@ -305,7 +393,9 @@ def init(
     host = hostgit.verify(workspace)
     env_id = env_id_for(workspace)
     state = state_root(environ) / env_id
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # It holds the proxies' renders (upstream credentials): the user's alone.
+    state.chmod(0o700)
 
     # The sandbox user (gid 2000) writes notifications; the host user watches them.
     try:
@@ -323,11 +413,11 @@ def init(
     if share:
         shared = share_with_sandbox(workspace)
     subnet = dind_subnet(env_id)
-    sandbox_entries = _render_proxy(
+    sandbox_entries, probe_allowed, probe_denied = _render_proxy(
         state / "proxy", defaults="sandbox", project_file=devcontainer / "whitelist.txt",
         settings=settings, allow_clients=(), environ=environ,
     )
-    dind_entries = _render_proxy(
+    dind_entries, _, _ = _render_proxy(
         state / "dind-proxy", defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
         # Loopback too: the image's healthcheck must meet the filter, not the ACL's refusal.
         settings=settings, allow_clients=(subnet, "127.0.0.1/32"), environ=environ,
@@ -348,6 +438,11 @@ def init(
         "ISOFEAT_PROXY_IMAGE": f"isofeat/proxy:{__version__}",
         "ISOFEAT_DIND_IMAGE": f"isofeat/dind:{__version__}",
         "ISOFEAT_DIND_SUBNET": subnet,
+        # Both proxies run as the owner of their 0600 renders (compose.yaml `user:`).
+        "ISOFEAT_PROXY_USER": proxy_container_user(environ),
+        # What the self-test asks the proxy for: decided here, on the whitelist just rendered.
+        "ISOFEAT_PROBE_ALLOWED": probe_allowed,
+        "ISOFEAT_PROBE_DENIED": probe_denied,
     }
     for key, value in values.items():
         if "\n" in value or "\r" in value:

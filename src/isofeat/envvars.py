@@ -29,6 +29,8 @@ ALL: tuple[str, ...] = (
     DOCKER_HOST,
     "ISOFEAT_NOTIFY_DIR",  # defined with the notification helpers below
     "ISOFEAT_NOTIFY_SOURCE",
+    "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below
+    "ISOFEAT_PROBE_DENIED",
 )
 
 
@@ -65,3 +67,12 @@ def notify_root(environ: Mapping[str, str] = os.environ) -> Path:
         Path(environ.get(HOME, "~")).expanduser() / ".local" / "state"
     )
     return Path(base) / "isofeat" / "notify"
+
+
+# --- the self-test's proxy probes (`isofeat doctor`) ---
+# Inside a sandbox: HOST:PORT that the rendered filter allows, and one it denies. `isofeat
+# init` picks them from the merged whitelist it rendered (built-in, the user's global file,
+# the project's) and Compose passes them to `dev`: the container sees only the project's
+# file, so the doctor cannot work the merged answer out for itself.
+ISOFEAT_PROBE_ALLOWED = "ISOFEAT_PROBE_ALLOWED"
+ISOFEAT_PROBE_DENIED = "ISOFEAT_PROBE_DENIED"

@@ -75,6 +75,9 @@ def _fail(path: Path, problem: str, fix: str) -> IsofeatError:
 
 
 def _parse_file(path: Path) -> list[Certificate]:
+    if not path.is_file():
+        # A FIFO or a device would block the read, or never end it.
+        raise _fail(path, "not a regular file", "pass a PEM file or a folder of them")
     try:
         data = path.read_bytes()
     except OSError as err:

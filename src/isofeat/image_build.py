@@ -257,7 +257,7 @@ def _run_logged(argv: Sequence[str], prefix: str, log: Log) -> None:
         log(prefix + line)
     if proc.wait() != 0:
         raise IsofeatError(
-            f"{argv[0]} failed with exit code {proc.returncode}; last lines:\n" + "\n".join(tail),
+            f"{argv[0]} failed with exit code {proc.returncode}; last lines:", lines=tail,
             fix="check that deb.debian.org is reachable over HTTP and that the disk has room",
         )
 

@@ -28,6 +28,7 @@ Why it looks the way it does (each point measured on Debian's tinyproxy 1.11.1):
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,8 @@ def parse_upstream(url: str) -> Upstream:
         port = None
     if not parts.hostname or port is None:
         raise IsofeatError(f"upstream proxy {url!r}: needs a host and a port", fix=fix)
+    if not 1 <= port <= 65535:
+        raise IsofeatError(f"upstream proxy {url!r}: port {port} is out of range", fix=fix)
     for ch in url:
         if ch.isspace() or ch in '"#':
             raise IsofeatError(
@@ -151,6 +154,8 @@ class Rendered:
     filter: str
     connect_ports: list[int]
     rule_count: int
+    #: The conf holds upstream credentials (``Upstream socks5 user:pass@...``).
+    secret: bool = False
 
 
 def render(
@@ -217,15 +222,40 @@ def render(
     if up is not None:
         conf += [f'Upstream none "{domain}"' for domain in direct]
         conf.append(up.directive())
-    return Rendered("\n".join(conf) + "\n", "\n".join(filter_lines) + "\n", ports, rule_count)
+    return Rendered(
+        "\n".join(conf) + "\n", "\n".join(filter_lines) + "\n", ports, rule_count,
+        secret=up is not None and bool(up.userinfo),
+    )
 
 
-def write(rendered: Rendered, out: Path) -> None:
-    """Write both files atomically; the proxy never sees a half-written config."""
+#: Modes of a private render: only its owner, the uid the proxy runs as, may read it.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def write(
+    rendered: Rendered, out: Path, *, private: bool | None = None,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Write both files atomically; the proxy never sees a half-written config.
+
+    ``private`` (default: when the conf holds upstream credentials) makes ``out`` 0700 and
+    both files 0600, owned by ``owner`` (uid, gid; default: whoever runs this). The proxy
+    container must then run as that uid: it reads the folder through a bind mount, and a
+    secret must not be readable by every local user or by other containers' uids. Without
+    a secret the files stay 0644, readable by the image's own ``tinyproxy`` user.
+    """
     from isofeat.atomic import write_text
 
+    if private is None:
+        private = rendered.secret
+    mode = PRIVATE_FILE_MODE if private else 0o644
+    if private:
+        # Tighten the folder before the secret lands in it, and before it exists.
+        out.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        out.chmod(PRIVATE_DIR_MODE)
+        if owner is not None:
+            os.chown(out, *owner)
     # Filter first: a reload that reads the new conf must find the new filter too.
-    write_text(out / FILTER_NAME, rendered.filter)
-    # World-readable on purpose: the proxy reads it through a bind mount as its own non-root
-    # user. Upstream credentials in it are protected by the folder the user keeps it in.
-    write_text(out / CONF_NAME, rendered.conf)
+    write_text(out / FILTER_NAME, rendered.filter, mode=mode, owner=owner)
+    write_text(out / CONF_NAME, rendered.conf, mode=mode, owner=owner)

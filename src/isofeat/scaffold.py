@@ -153,6 +153,12 @@ def scaffold(
             # The template's defaults, not a ~/.cookiecutterrc's default_context.
             default_config=True,
         )
+    except EOFError:
+        # Cookiecutter asks on stdin; without a terminal the first question ends the run.
+        raise IsofeatError(
+            "cannot ask the template's questions: stdin is closed or not a terminal",
+            fix="pass --no-input and the values as key=value",
+        ) from None
     except FailedHookException:
         raise IsofeatError(
             "the template refused these values (the ERROR lines above say which and why); "

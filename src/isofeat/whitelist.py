@@ -111,7 +111,11 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.source}: {self.reason} (got {self.text!r})\n    fix: {self.fix}"
+        return "\n".join(self.lines())
+
+    def lines(self) -> tuple[str, str]:
+        """The problem, then its fix, each one line (escaped by whoever prints them)."""
+        return f"{self.source}: {self.reason} (got {self.text!r})", f"  fix: {self.fix}"
 
 
 class LineError(ValueError):
@@ -348,6 +352,11 @@ def parse_text(text: str, path: str) -> tuple[list[Item], list[Problem]]:
 
 
 def read_file(path: Path) -> str:
+    if path.is_dir():
+        raise IsofeatError(f"{path}: is a folder, not a whitelist file", fix="name the file in it")
+    if path.exists() and not path.is_file():
+        # A FIFO would block the read for ever, a device never end it.
+        raise IsofeatError(f"{path}: not a regular file", fix="give a whitelist file")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -527,9 +536,9 @@ class WhitelistError(IsofeatError):
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
-        lines = "\n".join(str(p) for p in self.problems)
         super().__init__(
-            f"{len(self.problems)} bad whitelist line(s); nothing was applied:\n{lines}"
+            f"{len(self.problems)} bad whitelist line(s); nothing was applied:",
+            lines=[line for p in self.problems for line in p.lines()],
         )
 
 
@@ -545,28 +554,83 @@ def load_policy(
     )
 
 
+_WIRE_HOST = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_TARGET_FIX = "write HOST or HOST:PORT, e.g. api.github.com, api.github.com:8443, [2001:db8::1]:443"
+
+
 def parse_target(text: str, mode: Mode) -> tuple[str, int]:
-    """Split a ``HOST[:PORT]`` argument of ``whitelist check`` into the wire host and port."""
-    host, port_text = text, ""
+    """Split a ``HOST[:PORT]`` argument of ``whitelist check`` into the wire host and port.
+
+    The host is taken as a request would carry it (``github.com.`` stays distinct, so that
+    the answer is the proxy's), but anything no request could name is bad input (exit 2),
+    never a quiet "denied": a URL, a path, a wildcard rule, an empty or spaced name.
+    """
+
+    def bad(reason: str, fix: str = _TARGET_FIX) -> IsofeatError:
+        return IsofeatError(f"whitelist check {text!r}: {reason}", fix=fix)
+
+    if not text:
+        raise bad("empty HOST")
+    if not text.isprintable() or any(ch.isspace() for ch in text):
+        raise bad("HOST holds a space or a control character")
+    if "://" in text:
+        host = text.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        raise bad("a URL, not HOST[:PORT]", fix=f"write only the host: {host or 'example.com'}")
+    if "/" in text:
+        raise bad("a path is not part of HOST[:PORT]; the proxy decides by host and port",
+                  fix=f"write only the host: {text.split('/', 1)[0] or 'example.com'}")
+    if "@" in text:
+        raise bad("user info ('user@host') is not part of HOST[:PORT]",
+                  fix=f"write only the host: {text.rsplit('@', 1)[-1] or 'example.com'}")
+    if "*" in text:
+        raise bad("a wildcard is a whitelist rule, not a host a request can name",
+                  fix="check one concrete name, e.g. api.github.com")
+    host, port_text = text, None
     if text.startswith("["):
         close = text.find("]")
-        if close > 0:
-            host, rest = text[: close + 1], text[close + 1 :]
-            if rest.startswith(":"):
-                port_text = rest[1:]
-            elif rest:
-                raise IsofeatError(f"cannot read {text!r}", fix="write [2001:db8::1]:443")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif text.count(":") > 1 and _parse_ip_quiet(text):
+        if close < 0:
+            raise bad("unclosed '[' in an IPv6 literal", fix="write [2001:db8::1]:443")
+        host, rest = text[: close + 1], text[close + 1 :]
+        if rest.startswith(":"):
+            port_text = rest[1:]
+        elif rest:
+            raise bad("unexpected text after ']'", fix="write [2001:db8::1]:443")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise bad(f"{host[1:-1]!r} in brackets is not an IPv6 address",
+                      fix="brackets are only for IPv6 literals, e.g. [2001:db8::1]:443") from None
+    elif text.count(":") > 1:
+        if not _parse_ip_quiet(text):
+            raise bad("not an IPv6 address, and a host takes at most one ':PORT'")
         host = f"[{text}]"
-    if port_text:
+    elif ":" in text:
+        host, port_text = text.split(":")
+    if port_text is not None:
+        if not port_text:
+            raise bad("':' with no port after it", fix=f"write {host or 'HOST'}:443, or drop ':'")
         try:
             port = _parse_port(port_text)
         except LineError as err:
-            raise IsofeatError(f"{text!r}: {err.reason}", fix=err.fix) from None
+            raise bad(err.reason, fix=err.fix) from None
     else:
         port = DEFAULT_PORTS[mode]
+    if not host:
+        raise bad("empty HOST before ':'")
+    if host.startswith("["):
+        return host, port
     if not host.isascii():
-        host = _normalise_name(host)
+        try:
+            host = _normalise_name(host)
+        except LineError as err:
+            raise bad(err.reason, fix=err.fix) from None
+    if not _WIRE_HOST.match(host):
+        raise bad("not a host name (letters, digits, '-', '_' and '.' only)",
+                  fix=f"{_TARGET_FIX}; regular expressions are not accepted")
+    if len(host.rstrip(".")) > _MAX_NAME:
+        raise bad(f"host name is {len(host)} characters; DNS allows at most {_MAX_NAME}",
+                  fix="shorten the name or check for a pasting mistake")
+    if "" in host.removesuffix(".").split("."):
+        raise bad("empty label (two dots in a row, or a leading dot)",
+                  fix="remove the extra dot")
     return host, port

@@ -266,7 +266,8 @@ def render_conf(whitelist: str, folder: Path, *render_args: str) -> Path:
         *render_args,
     ]
     assert main(argv) == 0
-    out.chmod(0o755)
+    if (out / "tinyproxy.conf").stat().st_mode & 0o004:
+        out.chmod(0o755)  # a private render (credentials, --owner) stays 0700
     return out
 
 
@@ -304,10 +305,13 @@ def start_proxy(
         extra_hosts: dict[str, str] | None = None,
         expect_ready: bool = True,
         with_client: bool = True,
+        user: str | None = None,
     ) -> RunningProxy:
         out = render_conf(whitelist, tmp_path, *render_args)
         kwargs = proxy_run_options(out)
         kwargs["extra_hosts"] = extra_hosts or {}
+        if user is not None:
+            kwargs["user"] = user  # as compose.yaml's ISOFEAT_PROXY_USER
         container = run_container(proxy_image, **kwargs)
         for net in networks:
             net.connect(container)

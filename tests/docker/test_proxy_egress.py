@@ -427,6 +427,53 @@ def test_http_upstream_carries_allowed_traffic(
     assert "attacker.test" not in upstream.logs().decode()  # denied before the upstream
 
 
+def test_upstreams_with_credentials_work_from_a_private_render(
+    start_proxy: Callable[..., RunningProxy],
+    make_network: Callable[..., Any],
+    run_container: Callable[..., Any],
+    netkit_image: str,
+    proxy_image: str,
+    tmp_path: Any,
+) -> None:
+    """The render is 0700/0600 owned by 2888, as `isofeat init` leaves it when run as root,
+    and the proxy runs as 2888 (compose.yaml's ISOFEAT_PROXY_USER): it still reads the
+    credentials and both kinds of upstream accept them; a wrong password gets nowhere."""
+    near, far = _upstream_topology(make_network, run_container, netkit_image)
+    socks = run_container(
+        netkit_image, network=near, aliases=["socks.test"],
+        command=["microsocks", "-p", "1080", "-u", "corp-user", "-P", "pw-socks"],
+    )
+    far.connect(socks)
+    conf = tmp_path / "corp"
+    conf.mkdir(mode=0o755)
+    (conf / "tinyproxy.conf").write_text(
+        "Port 3128\nListen 0.0.0.0\nLogLevel Info\nBasicAuth corp-user pw-http\n"
+    )
+    (conf / "tinyproxy.conf").chmod(0o644)
+    corp = run_container(
+        proxy_image, network=near, aliases=["corp-proxy.test"],
+        entrypoint=["tinyproxy", "-d", "-c", "/etc/upstream/tinyproxy.conf"],
+        volumes={str(conf): {"bind": "/etc/upstream", "mode": "ro"}},
+    )
+    far.connect(corp)
+    private = ("--owner", "2888:2888")
+    for upstream in ("socks5://corp-user:pw-socks@socks.test:1080",
+                     "http://corp-user:pw-http@corp-proxy.test:3128"):
+        proxy = start_proxy("far.test\n", "--upstream", upstream, *private,
+                            networks=[near], user="2888:2888")
+        st = proxy.out.stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o700, 2888)
+        assert (proxy.out / "tinyproxy.conf").stat().st_mode & 0o777 == 0o600
+        body = proxy.raw(b"GET http://far.test/with-creds HTTP/1.0\r\n\r\n")
+        assert status_of(body) == 200 and b"request=GET /with-creds" in body, upstream
+        assert b"port=443" in proxy.tunnel_get("far.test:443")
+        assert proxy.http("http://attacker.test/") == 403
+    assert "far.test" in corp.logs().decode()  # the HTTP upstream really carried it
+    wrong = start_proxy("far.test\n", "--upstream", "socks5://corp-user:wrong@socks.test:1080",
+                        *private, networks=[near], user="2888:2888")
+    assert status_of(wrong.raw(b"GET http://far.test/x HTTP/1.0\r\n\r\n")) != 200
+
+
 # ------------------------------------------------------------------ reload and fail-closed
 
 
