@@ -24,11 +24,14 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from isofeat.errors import EXIT_DENIED, IsofeatError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (init's start-up)
+if TYPE_CHECKING:
+    import subprocess
 
 #: Where the container sees the agent's git when the workspace's ``.git`` is a file (a task
 #: worktree): a read-only pointer file over ``/workspace/.git`` leads there.
@@ -47,14 +50,16 @@ SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("core.untrackedCache", "false"),
     ("credential.helper", ""),
 )
-_SAFE_ENV_DROP = re.compile(r"GIT_.*")
+_SAFE_ENV_DROP = r"GIT_.*"
 
-_HEX = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?\Z")
+# Patterns stay strings, compiled on first use (re caches them): a warm `isofeat init` needs
+# none, and compiling them all would be a good part of this module's import time.
+_HEX = r"[0-9a-f]{40}(?:[0-9a-f]{24})?"
 #: Branch and tag names we accept from the agent: plain, no ``..``, no control characters.
-_REFNAME = re.compile(r"refs/(?:heads|tags)/(?:[A-Za-z0-9_][A-Za-z0-9._+-]*/)*"
-                      r"[A-Za-z0-9_][A-Za-z0-9._+-]*\Z")
-_LOOSE = re.compile(r"[0-9a-f]{2}\Z"), re.compile(r"[0-9a-f]{38}(?:[0-9a-f]{24})?\Z")
-_PACK = re.compile(r"pack-[0-9a-f]{40}(?:[0-9a-f]{24})?\.(?:pack|idx|rev)\Z")
+_REFNAME = (r"refs/(?:heads|tags)/(?:[A-Za-z0-9_][A-Za-z0-9._+-]*/)*"
+            r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+_LOOSE = r"[0-9a-f]{2}", r"[0-9a-f]{38}(?:[0-9a-f]{24})?"
+_PACK = r"pack-[0-9a-f]{40}(?:[0-9a-f]{24})?\.(?:pack|idx|rev)"
 #: Upper bound on what one import copies out of the agent's git (override with
 #: ISOFEAT_IMPORT_MAX_BYTES); a bigger history is refused, not truncated.
 DEFAULT_MAX_IMPORT = 8 << 30
@@ -64,7 +69,7 @@ _MAX_PACKED_REFS = 64 << 20
 
 def safe_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment for host git: no inherited GIT_* (GIT_DIR would override our paths)."""
-    env = {k: v for k, v in environ.items() if not _SAFE_ENV_DROP.fullmatch(k)}
+    env = {k: v for k, v in environ.items() if not re.fullmatch(_SAFE_ENV_DROP, k)}
     env["GIT_CONFIG_COUNT"] = str(len(SAFE_CONFIG))
     for i, (key, value) in enumerate(SAFE_CONFIG):
         env[f"GIT_CONFIG_KEY_{i}"] = key
@@ -83,6 +88,7 @@ def run(git_dir: Path, *args: str, work_tree: Path | None = None, check: bool = 
         input_text: str | None = None, environ: Mapping[str, str] = os.environ,
         ) -> subprocess.CompletedProcess[str]:
     """``git --git-dir=GIT_DIR [--work-tree=W] ARGS`` with the knobs off (see SAFE_CONFIG)."""
+    import subprocess  # not at import: a warm `isofeat init` runs no git at all
     cmd = ["git", f"--git-dir={git_dir}"]
     if work_tree is not None:
         cmd.append(f"--work-tree={work_tree}")
@@ -340,7 +346,7 @@ def read_agent_refs(agent_git: Path) -> dict[str, str]:
         packed = _read_at(root, "packed-refs", _MAX_PACKED_REFS)
         for line in (packed or b"").decode("utf-8", "replace").splitlines():
             sha, _, name = line.partition(" ")
-            if _HEX.fullmatch(sha) and _REFNAME.fullmatch(name):
+            if re.fullmatch(_HEX, sha) and re.fullmatch(_REFNAME, name):
                 refs[name] = sha
         try:
             refs_fd = _open_dir(root, "refs")
@@ -370,10 +376,10 @@ def _walk_loose_refs(parent_fd: int, name: str, prefix: str, refs: dict[str, str
             st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 _walk_loose_refs(fd, entry, full, refs, depth + 1)
-            elif stat.S_ISREG(st.st_mode) and _REFNAME.fullmatch(full):
+            elif stat.S_ISREG(st.st_mode) and re.fullmatch(_REFNAME, full):
                 data = _read_at(fd, entry, 128)
                 sha = (data or b"").decode("ascii", "replace").strip()
-                if _HEX.fullmatch(sha):
+                if re.fullmatch(_HEX, sha):
                     refs[full] = sha
     finally:
         os.close(fd)
@@ -417,7 +423,8 @@ def _copy_objects(agent_git: Path, dest_objects: Path, max_bytes: int) -> int:
         for sub in sorted(os.listdir(objects)):
             # Packs, and loose objects in their two-hex-digit folders; nothing else (info/
             # alternates above all) is ever read.
-            pattern = _PACK if sub == "pack" else _LOOSE[1] if _LOOSE[0].fullmatch(sub) else None
+            loose = re.fullmatch(_LOOSE[0], sub)
+            pattern = _PACK if sub == "pack" else _LOOSE[1] if loose else None
             if pattern is None:
                 continue
             try:
@@ -426,7 +433,7 @@ def _copy_objects(agent_git: Path, dest_objects: Path, max_bytes: int) -> int:
                 continue
             try:
                 for name in sorted(os.listdir(folder)):
-                    if pattern.fullmatch(name):
+                    if re.fullmatch(pattern, name):
                         take(folder, name, dest_objects / sub / name)
             finally:
                 os.close(folder)
