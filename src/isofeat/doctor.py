@@ -144,6 +144,98 @@ def check_writes() -> Check:
     return Check("writes", not problems, "; ".join(problems) if problems else "; ".join(notes))
 
 
+# --------------------------------------------------------------------------- root's PATH
+
+#: Root's PATH in a login shell on Debian (/etc/profile, login.defs ENV_SUPATH).
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def container_path(environ_file: str = "/proc/1/environ") -> str:
+    """The PATH every process of the container starts with, ``docker exec -u root`` included:
+    PID 1's (the agent's own PATH may hold folders its shell profile added)."""
+    try:
+        with open(environ_file, "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"PATH="):
+                    return item[5:].decode("utf-8", "replace")
+    except OSError:
+        pass
+    return ""
+
+
+def _changeable(path: str, uid: int, gid: int) -> str | None:
+    """Why the user ``uid`` (group ``gid``) can change ``path`` itself, or None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # missing: whoever can write its parent can create it; that is checked
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return f"owned by uid {uid}" if st.st_uid == uid else None  # a link's mode means nothing
+    if st.st_uid == uid:
+        return f"owned by uid {uid}"
+    if os.getuid() == uid:
+        # The kernel's answer, as that user: ACLs and read-only mounts count.
+        return f"writable (mode {mode:o})" if os.access(path, os.W_OK) else None
+    if mode & stat.S_IWOTH or (st.st_gid == gid and mode & stat.S_IWGRP):
+        return f"writable (gid {st.st_gid}, mode {mode:o})"
+    return None
+
+
+def path_findings(path_value: str, uid: int = EXPECTED_UID, gid: int = EXPECTED_GID) -> list[str]:
+    """Everything on ``path_value`` that ``uid``/``gid`` could change so that root runs it: each
+    folder, every parent of it, each program in it, and where a program's links lead."""
+    findings: dict[str, str] = {}
+    seen: set[str] = set()
+
+    def check_chain(path: str) -> None:
+        current = path
+        while current not in seen:
+            seen.add(current)
+            why = _changeable(current, uid, gid)
+            if why:
+                findings[current] = why
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+
+    for entry in dict.fromkeys(path_value.split(":")):
+        if not entry.startswith("/"):
+            # Empty or relative: root would run programs from whatever folder it is in.
+            findings[entry or "(empty entry)"] = "relative: resolves to the current folder"
+            continue
+        for folder in dict.fromkeys((entry, os.path.realpath(entry))):
+            check_chain(folder)
+            with contextlib.suppress(OSError), os.scandir(folder) as programs:
+                for program in programs:
+                    check_chain(program.path)
+                    if program.is_symlink():
+                        check_chain(os.path.realpath(program.path))
+    return [f"{path}: {why}" for path, why in findings.items()]
+
+
+def check_root_path(environ_file: str = "/proc/1/environ") -> Check:
+    """Nothing root might run in the container is writable by the agent.
+
+    Root runs commands here through ``docker exec -u root`` and lifecycle hooks, with the
+    container's PATH. A folder on it that the agent can write (the agents' npm prefix was
+    one) lets the agent plant a ``git`` or ``ls`` that root runs next.
+    """
+    paths = [p for p in (container_path(environ_file), ROOT_PATH) if p]
+    found = list(dict.fromkeys(f for p in paths for f in path_findings(p)))
+    if not found:
+        return Check("root-path", True, f"nothing on root's PATH is writable by uid "
+                     f"{EXPECTED_UID} or gid {EXPECTED_GID} ({':'.join(paths)})")
+    shown = "; ".join(found[:8]) + (f"; and {len(found) - 8} more" if len(found) > 8 else "")
+    return Check(
+        "root-path", False,
+        f"root's PATH holds what the agent can change: {shown}. Fix: make these root's and "
+        "not group- or world-writable in the image (chown root:root; chmod go-w), e.g. "
+        "rebuild with the current ai-agents Feature",
+    )
+
+
 def proxy_url(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get("HTTPS_PROXY") or environ.get("https_proxy") or environ.get("HTTP_PROXY")
 
@@ -383,6 +475,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_no_sudo,
     check_no_docker_socket,
     check_writes,
+    check_root_path,
     check_proxy_env,
     check_direct_egress,
     check_dns,

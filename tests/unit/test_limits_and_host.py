@@ -4,6 +4,7 @@ to the values Compose reads; and the doctor's host-access check on real sockets.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -69,7 +70,7 @@ def test_template_defaults_reach_env_and_compose(baked: Path) -> None:
     env = init(baked)
     assert env["ISOFEAT_PIDS_LIMIT"] == "2048"
     assert env["ISOFEAT_MEM_LIMIT"] == "4g"
-    assert env["ISOFEAT_CPUS"] == envinit.resolve_cpus("auto", __import__("os").cpu_count())
+    assert env["ISOFEAT_CPUS"] == envinit.resolve_cpus("auto", os.cpu_count())
     assert env["ISOFEAT_ALLOW_HOST_ACCESS"] == "0"
     spec = yaml.safe_load((baked / ".devcontainer" / "compose.yaml").read_text())
     dev, proxy = spec["services"]["dev"], spec["services"]["proxy"]
@@ -108,7 +109,7 @@ def test_isofeat_json_limits_and_host_access_reach_env(baked: Path) -> None:
     assert env["ISOFEAT_ALLOW_HOST_ACCESS"] == "1"
     assert (env["ISOFEAT_PIDS_LIMIT"], env["ISOFEAT_MEM_LIMIT"]) == ("300", "768m")
     # Docker refuses more CPUs than the machine has: capped at the host's count.
-    assert float(env["ISOFEAT_CPUS"]) == float(__import__("os").cpu_count() or 1)
+    assert float(env["ISOFEAT_CPUS"]) == float(os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize(
@@ -210,3 +211,69 @@ def test_host_access_passes_when_nothing_answers(monkeypatch: pytest.MonkeyPatch
 def test_doctor_runs_the_host_check() -> None:
     assert doctor.check_host_access in doctor.CHECKS
     assert re.search(r"host", " ".join(c.__name__ for c in doctor.CHECKS))
+
+
+# --------------------------------------------------------------------------- doctor: root's PATH
+
+
+def _tree(tmp_path: Path) -> Path:
+    """A root-owned, read-only-to-others tree below tmp_path (whose parents are the host's)."""
+    top = tmp_path / "opt"
+    (top / "bin").mkdir(parents=True)
+    (top / "lib" / "pkg").mkdir(parents=True)
+    (top / "lib" / "pkg" / "cli.js").write_text("// the real program\n")
+    (top / "bin" / "tool").symlink_to(top / "lib" / "pkg" / "cli.js")
+    for path in (top, top / "bin", top / "lib", top / "lib" / "pkg"):
+        path.chmod(0o755)
+    return top
+
+
+def _below(findings: list[str], top: Path) -> list[str]:
+    return [f for f in findings if f.startswith(str(top))]
+
+
+def test_a_clean_path_has_no_findings_below_it(tmp_path: Path) -> None:
+    top = _tree(tmp_path)
+    assert _below(doctor.path_findings(f"{top}/bin"), top) == []
+
+
+@pytest.mark.parametrize(
+    ("relative", "mode", "gid"),
+    [
+        ("bin", 0o2775, 2000),  # the agents' old npm prefix: setgid, group dev
+        ("bin", 0o777, 0),  # world-writable
+        ("lib/pkg", 0o2775, 2000),  # where a program's link leads
+        ("lib/pkg/cli.js", 0o664, 2000),  # the program itself
+        ("", 0o775, 2000),  # a parent of the folder on the PATH
+    ],
+)
+def test_what_the_agent_could_change_on_root_path_is_found(
+    tmp_path: Path, relative: str, mode: int, gid: int
+) -> None:
+    top = _tree(tmp_path)
+    target = top / relative if relative else top
+    os.chown(target, 0, gid)
+    target.chmod(mode)
+    found = _below(doctor.path_findings(f"{top}/bin"), top)
+    assert [f.split(":")[0] for f in found] == [str(target)], found
+
+
+def test_a_folder_the_agent_owns_is_found_and_relative_entries_too(tmp_path: Path) -> None:
+    top = _tree(tmp_path)
+    os.chown(top / "bin", doctor.EXPECTED_UID, 0)
+    found = doctor.path_findings(f"{top}/bin::relative/bin")
+    assert f"{top}/bin: owned by uid 1001" in found
+    assert "(empty entry): relative: resolves to the current folder" in found
+    assert "relative/bin: relative: resolves to the current folder" in found
+
+
+def test_the_check_reads_pid_1_path_and_fails_naming_the_folder(tmp_path: Path) -> None:
+    top = _tree(tmp_path)
+    os.chown(top / "bin", 0, 2000)
+    (top / "bin").chmod(0o2775)
+    environ = tmp_path / "environ"
+    environ.write_bytes(b"HOME=/root\0PATH=" + f"{top}/bin:/usr/bin".encode() + b"\0X=1\0")
+    assert doctor.container_path(str(environ)) == f"{top}/bin:/usr/bin"
+    check = doctor.check_root_path(str(environ))
+    assert check.ok is False and f"{top}/bin: writable (gid 2000, mode 2775)" in check.detail
+    assert "chmod go-w" in check.detail
