@@ -398,3 +398,58 @@ def test_a_memory_hog_and_a_fork_bomb_stay_in_their_environment(
     assert statistics.median(busy) < max(5 * statistics.median(idle), 5.0), (idle, busy)
     assert statistics.median(host_busy) < max(5 * statistics.median(host_idle), 2.0)
     noisy.compose("kill", "dev", check=False)
+
+
+# --------------------------------------------------------------------------- root's PATH
+
+
+def test_a_folder_on_roots_path_that_the_agent_can_write_is_caught(
+    make_network: Callable[..., Any], run_container: Callable[..., Any], netkit_image: str
+) -> None:
+    prefix = "/usr/local/share/npm-global"
+    path = f"{prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    # No no-new-privileges here: with it, `docker exec -u root` gets no capabilities and the
+    # set-up below (chown to group 2000) fails. The agent's processes (uid 1001) get none.
+    box = run_container(
+        netkit_image, network=make_network(internal=True), command=["sleep", "infinity"],
+        user=AGENT, environment={"PATH": path},
+        volumes={str(REPO / "src"): {"bind": "/isofeat-src", "mode": "ro"}},
+    )  # fmt: skip
+    check = (
+        "import json, sys; sys.path.insert(0, '/isofeat-src');"
+        "from isofeat.doctor import check_root_path; print(json.dumps(check_root_path().as_dict()))"
+    )
+
+    def doctor_root_path() -> dict[str, Any]:
+        code, out = box.exec_run(["python3", "-c", check], user=AGENT)
+        assert code == 0, out.decode()
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+
+    def plant() -> int:
+        code, _ = box.exec_run(
+            ["bash", "-c", f"printf '#!/bin/sh\\necho PLANTED-BY-AGENT\\n' > {prefix}/bin/ls"
+             f" && chmod +x {prefix}/bin/ls"], user=AGENT,
+        )  # fmt: skip
+        return int(code)
+
+    # The agents' prefix as ai-agents used to leave it: group dev, setgid, group-writable.
+    code, out = box.exec_run(
+        ["bash", "-c", f"install -d -o root -g 2000 -m 2775 {prefix} {prefix}/bin"], user="root"
+    )
+    assert code == 0, out.decode()
+    before = doctor_root_path()
+    assert before["ok"] is False and f"{prefix}/bin: writable (mode 2775)" in before["detail"]
+    # What that allows: the agent plants `ls`, and root's next `ls` runs the agent's code.
+    assert plant() == 0
+    assert box.exec_run(["ls", "/"], user="root").output.decode().strip() == "PLANTED-BY-AGENT"
+
+    # As the Feature leaves it now: root's, read-only to everyone else.
+    code, out = box.exec_run(
+        ["bash", "-c", f"rm -f {prefix}/bin/ls; chown -R root:root {prefix};"
+         f" chmod -R go-w,ug-s {prefix}"], user="root",
+    )  # fmt: skip
+    assert code == 0, out.decode()
+    assert plant() != 0
+    after = doctor_root_path()
+    assert after["ok"] is True, after
