@@ -225,8 +225,9 @@ def check_root_path(environ_file: str = "/proc/1/environ") -> Check:
     paths = [p for p in (container_path(environ_file), ROOT_PATH) if p]
     found = list(dict.fromkeys(f for p in paths for f in path_findings(p)))
     if not found:
+        folders = ":".join(dict.fromkeys(f for p in paths for f in p.split(":")))
         return Check("root-path", True, f"nothing on root's PATH is writable by uid "
-                     f"{EXPECTED_UID} or gid {EXPECTED_GID} ({':'.join(paths)})")
+                     f"{EXPECTED_UID} or gid {EXPECTED_GID} ({folders})")
     shown = "; ".join(found[:8]) + (f"; and {len(found) - 8} more" if len(found) > 8 else "")
     return Check(
         "root-path", False,
