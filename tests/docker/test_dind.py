@@ -633,5 +633,8 @@ def test_rootful_variant_runs_with_cgroup_limits_and_no_egress(
             f'docker run --rm {args} "$1" bash -c "$2" _ "$3" 80 "$4"',
             BASE, PROBE, outside["address"], EXTERNAL_NAME,
         )
-        assert "tcp=124" in out, (args, out)
+        # No way out: the connect hangs (124) or, since dind-egress has no side on the host
+        # (inhibit_ipv4), fails at once for want of a route (1). The origin is listening (see
+        # `outside`), so 1 is never its refusal.
+        assert re.search(r"tcp=(124|1)\n", out), (args, out)
         assert "dns=2" in out, (args, out)
