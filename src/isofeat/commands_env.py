@@ -73,8 +73,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the sandbox self-test, run inside the container as the agent (exit 1 on failure)",
         description="Checks the sandbox from the agent's side: user and groups, capabilities "
         "(CapEff 0, NoNewPrivs 1), no sudo and no Docker socket, what can be written "
-        "(.devcontainer/ must be read-only), proxy variables, no direct egress, no DNS, no "
-        "IPv6, a denied name gets the proxy's 403 and an allowed name passes the filter.",
+        "(.devcontainer/ must be read-only), nothing on root's PATH writable, proxy variables, "
+        "no direct egress, no DNS, no IPv6, nothing on the host answers (a refusal counts as "
+        "an answer), a denied name gets the proxy's 403 and an allowed name passes the filter.",
     )
     p.add_argument("--json", action="store_true", help="print every check as JSON")
     p.set_defaults(func=lambda a: doctor(a.json))

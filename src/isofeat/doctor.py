@@ -173,6 +173,97 @@ def check_git() -> Check:
         problems.append(f"git does not work here: {proc.stderr.strip()[:200]}")
     detail = "; ".join(problems) or f"own git at {proc.stdout.strip()}, user's objects read-only"
     return Check("git", not problems, detail)
+# --------------------------------------------------------------------------- root's PATH
+
+#: Root's PATH in a login shell on Debian (/etc/profile, login.defs ENV_SUPATH).
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def container_path(environ_file: str = "/proc/1/environ") -> str:
+    """The PATH every process of the container starts with, ``docker exec -u root`` included:
+    PID 1's (the agent's own PATH may hold folders its shell profile added)."""
+    try:
+        with open(environ_file, "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"PATH="):
+                    return item[5:].decode("utf-8", "replace")
+    except OSError:
+        pass
+    return ""
+
+
+def _changeable(path: str, uid: int, gid: int) -> str | None:
+    """Why the user ``uid`` (group ``gid``) can change ``path`` itself, or None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # missing: whoever can write its parent can create it; that is checked
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return f"owned by uid {uid}" if st.st_uid == uid else None  # a link's mode means nothing
+    if st.st_uid == uid:
+        return f"owned by uid {uid}"
+    if os.getuid() == uid:
+        # The kernel's answer, as that user: ACLs and read-only mounts count.
+        return f"writable (mode {mode:o})" if os.access(path, os.W_OK) else None
+    if mode & stat.S_IWOTH or (st.st_gid == gid and mode & stat.S_IWGRP):
+        return f"writable (gid {st.st_gid}, mode {mode:o})"
+    return None
+
+
+def path_findings(path_value: str, uid: int = EXPECTED_UID, gid: int = EXPECTED_GID) -> list[str]:
+    """Everything on ``path_value`` that ``uid``/``gid`` could change so that root runs it: each
+    folder, every parent of it, each program in it, and where a program's links lead."""
+    findings: dict[str, str] = {}
+    seen: set[str] = set()
+
+    def check_chain(path: str) -> None:
+        current = path
+        while current not in seen:
+            seen.add(current)
+            why = _changeable(current, uid, gid)
+            if why:
+                findings[current] = why
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+
+    for entry in dict.fromkeys(path_value.split(":")):
+        if not entry.startswith("/"):
+            # Empty or relative: root would run programs from whatever folder it is in.
+            findings[entry or "(empty entry)"] = "relative: resolves to the current folder"
+            continue
+        for folder in dict.fromkeys((entry, os.path.realpath(entry))):
+            check_chain(folder)
+            with contextlib.suppress(OSError), os.scandir(folder) as programs:
+                for program in programs:
+                    check_chain(program.path)
+                    if program.is_symlink():
+                        check_chain(os.path.realpath(program.path))
+    return [f"{path}: {why}" for path, why in findings.items()]
+
+
+def check_root_path(environ_file: str = "/proc/1/environ") -> Check:
+    """Nothing root might run in the container is writable by the agent.
+
+    Root runs commands here through ``docker exec -u root`` and lifecycle hooks, with the
+    container's PATH. A folder on it that the agent can write (the agents' npm prefix was
+    one) lets the agent plant a ``git`` or ``ls`` that root runs next.
+    """
+    paths = [p for p in (container_path(environ_file), ROOT_PATH) if p]
+    found = list(dict.fromkeys(f for p in paths for f in path_findings(p)))
+    if not found:
+        folders = ":".join(dict.fromkeys(f for p in paths for f in p.split(":")))
+        return Check("root-path", True, f"nothing on root's PATH is writable by uid "
+                     f"{EXPECTED_UID} or gid {EXPECTED_GID} ({folders})")
+    shown = "; ".join(found[:8]) + (f"; and {len(found) - 8} more" if len(found) > 8 else "")
+    return Check(
+        "root-path", False,
+        f"root's PATH holds what the agent can change: {shown}. Fix: make these root's and "
+        "not group- or world-writable in the image (chown root:root; chmod go-w), e.g. "
+        "rebuild with the current ai-agents Feature",
+    )
 
 
 def proxy_url(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -255,6 +346,108 @@ def check_ipv6() -> Check:
     ok = not addresses and not reached
     return Check("ipv6", ok, "no IPv6 addresses or routes" if ok else
                  f"addresses={addresses} reached={reached}")
+
+
+# --------------------------------------------------------------------------- the host
+
+#: Names under which Docker Desktop, Podman and ``extra_hosts: host-gateway`` give the host.
+HOST_NAMES = ("host.docker.internal", "gateway.docker.internal", "host.containers.internal")
+#: Docker's default bridge (docker0) on the host, where most engines put it.
+HOST_ADDRESSES = ("172.17.0.1",)
+#: Ports to knock on. One answer of any kind is enough; several ports, so that a host firewall
+#: that drops all but a few services is still caught (ssh, web, engine API, dev servers,
+#: databases, a local model server).
+HOST_PORTS = (22, 80, 443, 2375, 3000, 5432, 8000, 8080, 11434)
+#: Set to 1 in ``dev`` by compose.yaml when isofeat.json says ``"allowHostAccess": true``.
+ALLOW_HOST_ACCESS = "ISOFEAT_ALLOW_HOST_ACCESS"
+#: errno values that prove a host at that address answered: it refused or reset the connection.
+_ANSWERED = {errno.ECONNREFUSED, errno.ECONNRESET}
+
+
+def route_gateways(path: str = "/proc/net/route") -> list[str]:
+    """Every gateway in the IPv4 routing table, the default route's first."""
+    found: list[tuple[bool, str]] = []
+    with contextlib.suppress(OSError), open(path, encoding="ascii") as fh:
+        for line in list(fh)[1:]:
+            fields = line.split()
+            if len(fields) < 3 or int(fields[2], 16) == 0:
+                continue
+            address = socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+            found.append((fields[1] != "00000000", address))
+    return list(dict.fromkeys(address for _, address in sorted(found)))
+
+
+def knock(address: str, port: int, timeout: float = TIMEOUT) -> str | None:
+    """How the host at ``address`` answered a TCP connect to ``port``, or None for silence.
+
+    "open" (a listener accepted) and "refused" (the host's kernel sent a reset) both prove
+    the host is reachable: only a timeout or an unreachable network/host means it is not.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            code = sock.connect_ex((address, port))
+        except OSError:  # timeout, or no such address family here
+            return None
+    if code == 0:
+        return "open"
+    return errno.errorcode.get(code, str(code)).lower() if code in _ANSWERED else None
+
+
+def _host_targets() -> tuple[list[str], list[str]]:
+    """(addresses to knock on, how each name resolved)."""
+    targets = [*route_gateways(), *HOST_ADDRESSES]
+    names = []
+    for name in HOST_NAMES:
+
+        def lookup(name: str = name) -> str:
+            return str(socket.getaddrinfo(name, 0, socket.AF_INET)[0][4][0])
+
+        ok, answer = _with_timeout(lookup, TIMEOUT)
+        if ok:
+            names.append(f"{name}={answer}")
+            targets.append(answer)
+    return list(dict.fromkeys(targets)), names
+
+
+def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
+    """Nothing on the host answers: not at the gateway, docker0, or host.docker.internal.
+
+    Developers bind servers to 0.0.0.0 on their machines; from a container whose network has
+    an address on the host, those answer, and the proxy's whitelist is bypassed entirely.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    targets, names = _host_targets()
+    probes = [(address, port) for address in targets for port in HOST_PORTS]
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(probes)))) as pool:
+        answers = list(pool.map(lambda probe: knock(*probe), probes))
+    by_address: dict[str, list[str]] = {}
+    for (address, port), how in zip(probes, answers, strict=True):
+        if how:
+            by_address.setdefault(address, []).append(f"{port} {how}")
+    reached = [f"{address} (port {', '.join(ports)})" for address, ports in by_address.items()]
+    resolved = f"; {', '.join(names)}" if names else ""
+    if not reached:
+        return Check("host-access", True,
+                     f"no answer from the host at {', '.join(targets) or 'no gateway'}{resolved}")
+    detail = (
+        f"the host answered at {'; '.join(reached)}"
+        f"{resolved} (a refusal is an answer too): any server on the host bound to 0.0.0.0 "
+        "is open to the agent, past the proxy"
+    )
+    if environ.get(ALLOW_HOST_ACCESS) == "1":
+        return Check("host-access", True,
+                     f"ACCEPTED by allowHostAccess in .devcontainer/isofeat.json: {detail}")
+    return Check(
+        "host-access", False,
+        f"{detail}. Fix: on Linux, give the sandbox network no address on the host (compose.yaml: "
+        'networks.sandbox.driver_opts "com.docker.network.bridge.inhibit_ipv4": "true"; '
+        "`isofeat scaffold --force` writes it), or drop its traffic to the host "
+        "(iptables -I INPUT -i <bridge of the sandbox network> -j DROP). Where that cannot be "
+        '(Docker Desktop), accept the risk with "allowHostAccess": true in '
+        ".devcontainer/isofeat.json (docs/threat-model.md)",
+    )
 
 
 def proxy_status(target: str, environ: Mapping[str, str] = os.environ) -> int | None:
@@ -355,10 +548,12 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_no_docker_socket,
     check_writes,
     check_git,
+    check_root_path,
     check_proxy_env,
     check_direct_egress,
     check_dns,
     check_ipv6,
+    check_host_access,
     check_denied_name,
     check_allowed_name,
 )

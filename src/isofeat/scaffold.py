@@ -40,6 +40,9 @@ VARIABLES: tuple[str, ...] = (
     "features_source",
     "features_oci_namespace",
     "features_version",
+    "pids_limit",
+    "mem_limit",
+    "cpus",
 )
 _YES = {"yes", "y", "true", "1", "on"}
 _NO = {"no", "n", "false", "0", "off"}

@@ -200,12 +200,13 @@ def netkit_image(docker_client: Any, base_image: str) -> str:
 def make_network(docker_client: Any) -> Iterator[Callable[..., Any]]:
     made: list[Any] = []
 
-    def make(internal: bool = False) -> Any:
+    def make(internal: bool = False, options: dict[str, str] | None = None) -> Any:
         net = docker_client.networks.create(
             f"isofeat-test-{RUN_ID}-{uuid.uuid4().hex[:6]}",
             driver="bridge",
             internal=internal,
             labels=LABELS,
+            options=options or {},
         )
         made.append(net)
         return net

@@ -320,6 +320,7 @@ def test_default_whitelist_has_no_entries_but_lints_clean(project: Path) -> None
     assert parse_text(text, "whitelist.txt") == ([], [])
     assert json.loads((project / ".devcontainer" / "isofeat.json").read_text()) == {
         "dockerInDocker": False, "upstream": None, "noUpstream": [], "extraCaCerts": None,
+        "allowHostAccess": False, "limits": {"pids": 2048, "memory": "4g", "cpus": "auto"},
         "copyToTasks": [".env"],
     }  # fmt: skip
 
@@ -536,6 +537,12 @@ def test_a_bad_whitelist_entry_stops_the_bake_and_writes_nothing(
         ({"features_oci_namespace": "ghcr.io/Bad Namespace"}, "features_oci_namespace"),
         ({"features_version": "1; echo"}, "features_version"),
         ({"__devcontainer_dir": "../elsewhere"}, "__devcontainer_dir"),
+        ({"pids_limit": "10"}, "pids_limit"),
+        ({"pids_limit": "2048; rm -rf /"}, "pids_limit"),
+        ({"mem_limit": "4 GB"}, "mem_limit"),
+        ({"mem_limit": "1m"}, "mem_limit"),
+        ({"cpus": "all"}, "cpus"),
+        ({"cpus": "0"}, "cpus"),
     ],
 )
 def test_other_bad_values_name_the_variable_and_write_nothing(

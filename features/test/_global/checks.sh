@@ -13,9 +13,12 @@ done
 check "isofeat --version" isofeat --version
 check "run-claude on the PATH" command -v run-claude
 check "ISOFEAT_SANDBOX=1" test "$ISOFEAT_SANDBOX" = 1
-check "agents can update themselves (prefix group-writable)" bash -c '
-    p=/usr/local/share/npm-global/lib/node_modules/.isofeat-probe && touch "$p" && rm "$p"'
-check "agent prefix belongs to group dev" test "$(stat -c %G /usr/local/share/npm-global/lib/node_modules/@openai/codex)" = dev
+check "the agents' prefix (first on root's PATH) is not writable" bash -c '
+    for p in /usr/local/share/npm-global /usr/local/share/npm-global/bin /usr/local/share/npm-global/lib/node_modules; do
+        ! touch "$p/.isofeat-probe" 2>/dev/null || exit 1; done'
+check "agent prefix belongs to root" test "$(stat -c %U:%G:%a /usr/local/share/npm-global/lib/node_modules/@openai/codex)" = root:root:755
+check "no folder on root's PATH is writable (isofeat doctor)" bash -c '
+    isofeat doctor --json | python3 -c "import json,sys; c={x[\"name\"]: x for x in json.load(sys.stdin)[\"checks\"]}; print(c[\"root-path\"]); sys.exit(not c[\"root-path\"][\"ok\"])"'
 check "seven subagents in ~/.claude/agents" test "$(ls ~/.claude/agents/*.md | wc -l)" = 7
 check "subagents belong to the user" test "$(stat -c %U ~/.claude/agents/code-reviewer.md)" = "$(id -un)"
 check "Claude Code hooks wired" grep -q 'isofeat notify send --from-hook claude' ~/.claude/settings.json
@@ -29,8 +32,8 @@ assert u.getproxies()["https"] == "http://proxy:8888", u.getproxies()'
 check "npm goes through the proxy" bash -c '
     out="$(timeout 60 npm view left-pad version --fetch-retries=0 2>&1)"; echo "$out" | grep -Eq "(ENOTFOUND|EAI_AGAIN) proxy$"'
 check "umask 002 in login shells" test "$(bash -lc umask)" = 0002
-check "only home, workspace, temp and the agents' prefix are writable" bash -c '
+check "only home, workspace and temp are writable" bash -c '
     out="$(find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /tmp -o -path /var/tmp \
-        -o -path /run/lock -o -path "$HOME" -o -path /workspaces -o -path /usr/local/share/npm-global \) \
+        -o -path /run/lock -o -path "$HOME" -o -path /workspaces \) \
         -prune -o ! -type l -writable -print 2>/dev/null)"
     [ -z "$out" ] || { echo "writable: $out"; false; }'

@@ -14,7 +14,7 @@ check "npm runs" npm --version
 check "npx runs" npx --version
 check "global prefix from containerEnv" test "$NPM_CONFIG_PREFIX" = /usr/local/share/npm-global
 check "npm agrees on the prefix" test "$(npm prefix -g)" = /usr/local/share/npm-global
-check "prefix is setgid and group-writable" test "$(stat -c '%a' /usr/local/share/npm-global)" = 2775
+check "prefix is root's and read-only to others" test "$(stat -c '%U:%G %a' /usr/local/share/npm-global)" = "root:root 755"
 check "record for isofeat doctor" grep -qx 'NPM_PREFIX=/usr/local/share/npm-global' /etc/isofeat/ai-agents.env
 
 reportResults

@@ -36,6 +36,9 @@ VARIABLES = (
     "features_source",
     "features_oci_namespace",
     "features_version",
+    "pids_limit",
+    "mem_limit",
+    "cpus",
     "__devcontainer_dir",
     "_force",
     "_devcontainer_template",
@@ -317,6 +320,25 @@ def check_dind() -> None:
             )
 
 
+def check_limits() -> None:
+    """The same rules as isofeat init's reading of isofeat.json "limits" (envinit)."""
+    pids = text("pids_limit").strip()
+    if not (pids.isdigit() and 64 <= int(pids) <= 4_194_304):
+        error("pids_limit", f"{pids!r} is not a whole number from 64", "write e.g. 2048")
+    memory = text("mem_limit").strip().lower()
+    match = re.fullmatch(r"([1-9][0-9]*)([kmg])", memory)
+    if match is None or int(match.group(1)) << {"k": 10, "m": 20, "g": 30}[match.group(2)] < (
+        64 << 20
+    ):
+        error("mem_limit", f"{memory!r} is not a memory size of at least 64m",
+              "write it like 4g or 512m")
+    cpus = text("cpus").strip().lower()
+    if cpus != "auto" and not (
+        re.fullmatch(r"[0-9]+(\.[0-9]+)?", cpus) and 0.1 <= float(cpus) <= 1024
+    ):
+        error("cpus", f"{cpus!r} is not a number of CPUs", "write e.g. 2 or 1.5, or auto")
+
+
 def check_target() -> None:
     if VALUES["__devcontainer_dir"] != ".devcontainer":
         error("__devcontainer_dir", "must stay .devcontainer", "do not override it")
@@ -348,6 +370,7 @@ def main() -> int:
     check_upstream()
     check_ca()
     check_features()
+    check_limits()
     check_choice("_force", ("no", "yes"))
     check_choice("_devcontainer_template", ("no", "yes"))
     for line in errors:
