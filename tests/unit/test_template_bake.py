@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -417,7 +418,11 @@ def test_the_services_example_merges_into_a_database_on_the_internal_network_onl
     assert dev["environment"]["HTTPS_PROXY"] == "http://proxy:8888"
 
 
-def test_local_features_are_copied_with_a_wheel_and_referenced_by_path(project: Path) -> None:
+def test_local_features_are_copied_with_a_wheel_and_referenced_by_path(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The newcomer's path: no wheel given, so the hook builds one from this checkout (PEP 517).
+    monkeypatch.delenv("ISOFEAT_WHEEL_DIR", raising=False)
     devcontainer = bake(project, features_source="local")
     config = devcontainer_json(devcontainer)
     assert schema_errors(config) == []
@@ -429,6 +434,68 @@ def test_local_features_are_copied_with_a_wheel_and_referenced_by_path(project: 
     wheels = list((devcontainer / "features" / "isofeat" / "wheels").glob("isofeat-*.whl"))
     assert len(wheels) == 1
     assert "features/isofeat/wheels/" in (devcontainer / ".gitignore").read_text().splitlines()
+
+
+def _cookiecutter_cli(
+    cwd: Path, template: str, out: Path, home: Path, *answers: str, pwd: bool = True,
+    **env_extra: str,
+) -> subprocess.CompletedProcess[str]:
+    """The real ``cookiecutter`` command, started in ``cwd`` the way a shell starts it."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PWD", "COOKIECUTTER_CONFIG"}}
+    env.update({"HOME": str(home), **env_extra})
+    if pwd:
+        env["PWD"] = str(cwd)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cookiecutter"), "--no-input", template,
+         "-o", str(out), *answers],
+        cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["relative", "relative-no-pwd", "absolute"])
+def test_local_template_works_from_any_working_directory(
+    how: str, project: Path, tmp_path: Path, isolated_home: Path, isofeat_wheel_dir: Path
+) -> None:
+    # Another folder than the project, the template or the repository.
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    template = str(TEMPLATE) if how == "absolute" else os.path.relpath(TEMPLATE, elsewhere)
+    # Without $PWD (not started from a shell) the hooks still find the template.
+    result = _cookiecutter_cli(
+        elsewhere, template, project, isolated_home, "features_source=local",
+        "docker_in_docker=yes", pwd=how != "relative-no-pwd",
+        ISOFEAT_WHEEL_DIR=str(isofeat_wheel_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    devcontainer = project / ".devcontainer"
+    for feature in FEATURE_IDS:
+        assert (devcontainer / "features" / feature / "devcontainer-feature.json").is_file()
+    assert len(list((devcontainer / "features" / "isofeat" / "wheels").glob("*.whl"))) == 1
+    assert (devcontainer / "compose.dind.yaml").read_bytes() == (
+        REPO / "templates" / "compose-fragments" / "compose.dind.yaml"
+    ).read_bytes()
+
+
+def test_local_features_fail_clearly_when_no_wheel_can_be_built(
+    project: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    # No index answers and nothing is cached: the build requirements cannot be installed.
+    result = _cookiecutter_cli(
+        tmp_path, str(TEMPLATE), project, isolated_home, "features_source=local",
+        PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_NO_CACHE_DIR="1", PIP_RETRIES="0",
+        PIP_TIMEOUT="2", PIP_FIND_LINKS="",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "ERROR: features_source: local needs a wheel of isofeat" in result.stderr
+    assert "ISOFEAT_WHEEL_DIR" in result.stderr
+    # Cookiecutter removes what it created: no half-made .devcontainer/ to fall back on.
+    assert not (project / ".devcontainer").exists()
+    # Given a folder without a wheel, it says so too.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    given = _cookiecutter_cli(tmp_path, str(TEMPLATE), project, isolated_home,
+                              "features_source=local", ISOFEAT_WHEEL_DIR=str(empty))
+    assert given.returncode != 0 and f"ISOFEAT_WHEEL_DIR={empty} holds no" in given.stderr
 
 
 def test_extra_ca_certificates_are_embedded_for_the_egress_proxy_feature(
