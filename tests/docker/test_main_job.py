@@ -77,10 +77,11 @@ def run_in(ws: Path, env: dict[str, str], script: str) -> subprocess.CompletedPr
 @pytest.fixture
 def environment(
     request: pytest.FixtureRequest, tmp_path: Path, base_image: str, proxy_image: str,
-    dind_image: str,
+    dind_image: str, isofeat_wheel_dir: Path,
 ) -> Iterator[tuple[Path, dict[str, str]]]:
     dind = request.param
     env = host_env(tmp_path)
+    env["ISOFEAT_WHEEL_DIR"] = str(isofeat_wheel_dir)
     ws = bake(tmp_path / "demo", env, docker_in_docker=dind, project_name="e2e demo")
     try:
         yield ws, env

@@ -115,9 +115,13 @@ def up_env(
 
 
 @pytest.fixture
-def baked(tmp_path: Path, up_env: dict[str, str]) -> Iterator[tuple[Path, str]]:
+def baked(
+    tmp_path: Path, up_env: dict[str, str], isofeat_wheel_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Path, str]]:
     """A git project with the template (local Features, no agents: the fast build)."""
     _need("devcontainer")
+    monkeypatch.setenv("ISOFEAT_WHEEL_DIR", str(isofeat_wheel_dir))
     project = tmp_path / "tpl-up"
     project.mkdir()
     (project / "README.md").write_text("demo\n")
