@@ -30,6 +30,11 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the template: an isofeat checkout, its templates/isofeat folder, or a git URL "
         "(default: this installation's checkout, else github.com/isofeat/isofeat)",
     )
+    p.add_argument(
+        "--no-registry-check",
+        action="store_true",
+        help="with features_source=oci, do not ask the registry whether the Features exist",
+    )
 
 
 def _words_parser() -> argparse.ArgumentParser:
@@ -42,7 +47,10 @@ def _words_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(words: Sequence[str], no_input: bool, force: bool, template: str | None) -> int:
+def run(
+    words: Sequence[str], no_input: bool, force: bool, template: str | None,
+    no_registry_check: bool = False,
+) -> int:
     inner = _words_parser().parse_intermixed_args(list(words))
     project, assignments = Path(inner.project_dir), list(inner.assignments)
     # A lone key=value is an assignment, not a folder (unless such a folder exists).
@@ -54,6 +62,7 @@ def run(words: Sequence[str], no_input: bool, force: bool, template: str | None)
         no_input=no_input or inner.no_input,
         force=force or inner.force,
         template=template or inner.template,
+        check_features=not (no_registry_check or inner.no_registry_check),
     )
 
 
@@ -73,4 +82,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the project folder, then template variables, e.g. docker_in_docker=yes "
         "agents=claude,codex extra_whitelist=api.example.com features_source=local",
     )
-    p.set_defaults(func=lambda a: run(a.words, a.no_input, a.force, a.template))
+    p.set_defaults(
+        func=lambda a: run(a.words, a.no_input, a.force, a.template, a.no_registry_check)
+    )

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import json5
 import jsonschema
@@ -150,7 +153,7 @@ def test_default_devcontainer_json_validates_and_wires_init_features_and_doctor(
     assert config["service"] == "dev"
     assert config["workspaceFolder"] == "/workspace"
     assert config["remoteUser"] == "claude"
-    assert config["postStartCommand"] == "isofeat doctor"
+    assert config["postStartCommand"] == "isofeat doctor --stop-on-failure"
     assert config["shutdownAction"] == "stopCompose"
     assert config["initializeCommand"].endswith("isofeat init")
     refs = [f"ghcr.io/isofeat/features/{i}:1" for i in FEATURE_IDS]
@@ -670,9 +673,8 @@ def test_force_replaces_the_template_files_lists_them_and_keeps_the_rest(
 
 
 def test_scaffold_bakes_with_key_value_pairs_in_any_order(project: Path) -> None:
-    code = main(
-        ["scaffold", str(project), "--no-input", "agents=claude", "extra_whitelist=x.example.com"]
-    )
+    code = main(["scaffold", str(project), "--no-input", "--no-registry-check", "agents=claude",
+                 "extra_whitelist=x.example.com"])
     assert code == 0
     config = devcontainer_json(project / ".devcontainer")
     assert config["features"]["ghcr.io/isofeat/features/ai-agents:1"]["codex"] is False
@@ -683,7 +685,7 @@ def test_scaffold_defaults_to_the_current_folder(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(project)
-    assert main(["scaffold", "--no-input", "docker_in_docker=false"]) == 0
+    assert main(["scaffold", "--no-input", "--no-registry-check", "docker_in_docker=false"]) == 0
     assert read_settings(project / ".devcontainer").docker_in_docker is False
 
 
@@ -700,7 +702,7 @@ def test_scaffold_refuses_an_existing_devcontainer_before_asking(
 
 
 def test_scaffold_force_replaces_and_keeps_other_files(project: Path, existing: Path) -> None:
-    assert main(["scaffold", str(project), "--no-input", "--force"]) == 0
+    assert main(["scaffold", str(project), "--no-input", "--no-registry-check", "--force"]) == 0
     assert (existing / "notes.txt").exists()
     assert devcontainer_json(existing)["service"] == "dev"
 
@@ -741,7 +743,8 @@ def test_scaffold_makes_a_relative_ca_path_absolute(
         pytest.skip("needs the openssl CLI to make a test CA")
     cert = make_ca(tmp_path / "ca")
     monkeypatch.chdir(tmp_path)
-    assert main(["scaffold", str(project), "--no-input", "extra_ca_certs=ca/corp-ca.pem"]) == 0
+    assert main(["scaffold", str(project), "--no-input", "--no-registry-check",
+                 "extra_ca_certs=ca/corp-ca.pem"]) == 0
     settings = json.loads((project / ".devcontainer" / "isofeat.json").read_text())
     assert settings["extraCaCerts"] == str(cert)
 
@@ -840,3 +843,76 @@ def test_the_hook_without_isofeat_still_refuses_bad_entries(tmp_path: Path, entr
     assert result.returncode == 1
     assert "ERROR: extra_whitelist: bad entry" in result.stderr
     assert "install isofeat for the full whitelist language" in result.stderr
+
+
+# --------------------------------------------------------------------------- registry check
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """The OCI distribution API's manifest endpoint, behind an anonymous bearer token."""
+
+    published: ClassVar[set[str]] = set()
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        if self.path.startswith("/token"):
+            self._answer(200, b'{"token": "anon"}')
+        elif self.headers.get("Authorization") != "Bearer anon":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://localhost:{port}/token"'
+                             ',service="test",scope="repository:ns/isofeat:pull"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path in self.published:
+            self._answer(200, b"{}")
+        else:
+            self._answer(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_registry() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    _Registry.published = set()
+
+
+def test_scaffold_refuses_features_that_are_not_published(
+    project: Path, fake_registry: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    namespace = f"features_oci_namespace=localhost:{fake_registry}/ns"
+    assert main(["scaffold", str(project), "--no-input", namespace]) == 2
+    err = capsys.readouterr().err
+    assert f"localhost:{fake_registry} has no localhost:{fake_registry}/ns/" in err
+    assert "fix: isofeat scaffold features_source=local" in err
+    assert not (project / ".devcontainer").exists()
+
+    # Once published, the same command works.
+    _Registry.published = {f"/v2/ns/{f}/manifests/1" for f in FEATURE_IDS}
+    assert main(["scaffold", str(project), "--no-input", namespace]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_scaffold_warns_when_the_registry_cannot_be_reached(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["scaffold", str(project), "--no-input",
+                 f"features_oci_namespace=localhost:{port}/ns"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the Features may not resolve: "), err
+    assert "features_source=local" in err[0]
+    assert (project / ".devcontainer" / "devcontainer.json").is_file()

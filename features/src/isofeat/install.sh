@@ -156,8 +156,9 @@ write_post_start() {
     # Generated at build time with the option baked in (postStartCommand cannot see options).
     if [ "$SELF_TEST" = true ]; then
         write_if_changed "$POST_START" "#!/bin/sh
-# isofeat Feature: the postStartCommand. A failing self-test fails the start, on purpose.
-exec /usr/local/bin/isofeat doctor" 0755
+# isofeat Feature: the postStartCommand. A failing self-test fails the start and stops the
+# container, on purpose: a sandbox that fails its self-test must not keep running.
+exec /usr/local/bin/isofeat doctor --stop-on-failure" 0755
     else
         write_if_changed "$POST_START" "#!/bin/sh
 # isofeat Feature: the postStartCommand. The self-test was turned off (selfTest=false) when
