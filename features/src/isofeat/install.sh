@@ -138,8 +138,20 @@ install_package() {
     else
         local spec="isofeat"
         [ "$want" = latest ] || spec="isofeat==${want}"
-        log "installing ${spec} from PyPI"
-        "${pip[@]}" --upgrade "$spec" \
+        if [ "$SOURCE" = auto ]; then
+            log "no isofeat-*.whl in ${WHEELS_DIR}: installing ${spec} from PyPI (source=auto)"
+        else
+            log "installing ${spec} from PyPI"
+        fi
+        local out status=0
+        out="$(mktemp)"
+        "${pip[@]}" --upgrade "$spec" 2>&1 | tee "$out" || status=$?
+        if [ "$status" -ne 0 ] && grep -q "No matching distribution found for isofeat" "$out"; then
+            rm -f "$out"
+            die "${spec} is not on the package index this build uses (isofeat is not published on PyPI yet). Give this Feature a wheel instead: features_source=local in the isofeat template (it builds one), or source=wheels with an isofeat-*.whl in ${WHEELS_DIR}."
+        fi
+        rm -f "$out"
+        [ "$status" -eq 0 ] \
             || die "pip install ${spec} failed (see above). Check the build's network and CA certificates (PIP_CERT), or use source=wheels."
     fi
 }
