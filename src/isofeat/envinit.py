@@ -373,7 +373,9 @@ def init(
         "notify_mode": notify_mode,
         "sandbox_entries": sandbox_entries,
         "dind_entries": dind_entries,
-        "docker_in_docker": settings.docker_in_docker,
+        # The template turns Docker-in-Docker on with compose.dind.yaml, not in isofeat.json.
+        "docker_in_docker": settings.docker_in_docker
+        or (devcontainer / "compose.dind.yaml").is_file(),
         "worktree": (workspace / ".git").is_file(),
         "workspace_sharing": shared,
         "changed": changed,

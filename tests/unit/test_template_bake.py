@@ -301,7 +301,6 @@ def test_isofeat_json_and_whitelist_are_what_init_and_the_linter_read(project: P
         no_upstream=".corp.example, intranet.example",
     )
     settings = read_settings(devcontainer)
-    assert settings.docker_in_docker is False
     assert settings.upstream == "socks5://proxy.corp.example:1080"
     assert settings.no_upstream == (".corp.example", "intranet.example")
     text = (devcontainer / "whitelist.txt").read_text()
@@ -314,8 +313,7 @@ def test_default_whitelist_has_no_entries_but_lints_clean(project: Path) -> None
     text = (bake(project) / "whitelist.txt").read_text()
     assert parse_text(text, "whitelist.txt") == ([], [])
     assert json.loads((project / ".devcontainer" / "isofeat.json").read_text()) == {
-        "dockerInDocker": False, "upstream": None, "noUpstream": [], "extraCaCerts": None,
-        "copyToTasks": [".env"],
+        "upstream": None, "noUpstream": [], "copyToTasks": [".env"],
     }  # fmt: skip
 
 
@@ -359,7 +357,8 @@ def test_docker_in_docker_adds_the_fragment_and_its_whitelist(
     fragment = template_with_dind_fragment.parent / "compose-fragments" / "compose.dind.yaml"
     assert (devcontainer / "compose.dind.yaml").read_bytes() == fragment.read_bytes()
     assert parse_text((devcontainer / "whitelist-dind.txt").read_text(), "w") == ([], [])
-    assert read_settings(devcontainer).docker_in_docker is True
+    # isofeat.json holds no dockerInDocker: the compose file is what turns it on.
+    assert "dockerInDocker" not in json.loads((devcontainer / "isofeat.json").read_text())
     env = compose(devcontainer)["services"]["dev"]["environment"]
     assert env["NO_PROXY"].split(",")[-1] == "docker" == env["no_proxy"].split(",")[-1]
     proxy_options = config["features"]["ghcr.io/isofeat/features/egress-proxy:1"]
@@ -514,7 +513,8 @@ def test_extra_ca_certificates_are_embedded_for_the_egress_proxy_feature(
     pem = base64.b64decode(options["caCertsBase64"]).decode()
     body = re.sub(r"\s", "", cert.read_text().split("-----")[2])
     assert re.sub(r"\s", "", pem.split("-----")[2]) == body
-    assert json.loads((devcontainer / "isofeat.json").read_text())["extraCaCerts"] == str(cert)
+    # Nothing reads a path at run time: the certificates are in devcontainer.json.
+    assert "extraCaCerts" not in json.loads((devcontainer / "isofeat.json").read_text())
 
 
 # --------------------------------------------------------------------------- what it refuses
@@ -686,7 +686,7 @@ def test_scaffold_defaults_to_the_current_folder(
 ) -> None:
     monkeypatch.chdir(project)
     assert main(["scaffold", "--no-input", "--no-registry-check", "docker_in_docker=false"]) == 0
-    assert read_settings(project / ".devcontainer").docker_in_docker is False
+    assert not (project / ".devcontainer" / "compose.dind.yaml").exists()
 
 
 def test_scaffold_refuses_an_existing_devcontainer_before_asking(
@@ -745,8 +745,11 @@ def test_scaffold_makes_a_relative_ca_path_absolute(
     monkeypatch.chdir(tmp_path)
     assert main(["scaffold", str(project), "--no-input", "--no-registry-check",
                  "extra_ca_certs=ca/corp-ca.pem"]) == 0
-    settings = json.loads((project / ".devcontainer" / "isofeat.json").read_text())
-    assert settings["extraCaCerts"] == str(cert)
+    config = devcontainer_json(project / ".devcontainer")
+    options = config["features"]["ghcr.io/isofeat/features/egress-proxy:1"]
+    pem = base64.b64decode(options["caCertsBase64"]).decode()
+    body = re.sub(r"\s", "", cert.read_text().split("-----")[2])
+    assert re.sub(r"\s", "", pem.split("-----")[2]) == body
 
 
 # --------------------------------------------------------------------------- Dev Container Template
