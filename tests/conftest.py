@@ -108,6 +108,37 @@ def dind_image(docker_client: Any, base_image: str) -> str:
     return image_build.ensure("dind", client=docker_client)
 
 
+@pytest.fixture(scope="session")
+def isofeat_wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a wheel of isofeat built from this checkout, once per test run.
+
+    Built the way the template's post_gen hook builds it (pip's isolated PEP 517 build, from a
+    copy of the tree): no test depends on a wheel that an earlier run or scripts/test-features
+    left in features/src/isofeat/wheels. Give it to a bake with ``ISOFEAT_WHEEL_DIR``.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    base = tmp_path_factory.mktemp("isofeat-wheel")
+    tree, out = base / "tree", base / "wheels"
+    tree.mkdir()
+    shutil.copy2(repo / "pyproject.toml", tree)
+    shutil.copy2(repo / "README.md", tree)
+    shutil.copytree(repo / "src", tree / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(tree)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    wheels = sorted(out.glob("isofeat-*.whl"))
+    assert result.returncode == 0 and wheels, result.stdout + result.stderr
+    shutil.rmtree(tree)
+    return out
+
+
 @pytest.fixture
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """HOME and the XDG folders inside tmp_path; the real HOME is never touched.

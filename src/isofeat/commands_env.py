@@ -32,8 +32,8 @@ def init(workspace: Path, as_json: bool, quiet: bool, share: bool) -> int:
     return EXIT_OK
 
 
-def doctor(as_json: bool) -> int:
-    from isofeat.doctor import run_checks
+def doctor(as_json: bool, stop_on_failure: bool = False) -> int:
+    from isofeat.doctor import run_checks, stop_sandbox
 
     results = run_checks()
     ok = all(c.ok for c in results)
@@ -44,6 +44,9 @@ def doctor(as_json: bool) -> int:
             print(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<17} {c.detail}")
         print(f"isofeat doctor: {'all checks passed' if ok else 'SANDBOX CHECK FAILED'} "
               f"({sum(c.ok for c in results)}/{len(results)})")
+    if not ok and stop_on_failure:
+        sys.stdout.flush()
+        print(f"isofeat doctor: {stop_sandbox()}", file=sys.stderr, flush=True)
     return EXIT_OK if ok else EXIT_DENIED
 
 
@@ -78,4 +81,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "an answer), a denied name gets the proxy's 403 and an allowed name passes the filter.",
     )
     p.add_argument("--json", action="store_true", help="print every check as JSON")
-    p.set_defaults(func=lambda a: doctor(a.json))
+    p.add_argument(
+        "--stop-on-failure", action="store_true",
+        help="when a check fails, stop this container (the postStartCommand uses this, so a "
+        "sandbox that fails its self-test does not keep running)",
+    )
+    p.set_defaults(func=lambda a: doctor(a.json, a.stop_on_failure))

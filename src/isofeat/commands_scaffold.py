@@ -32,6 +32,11 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the template: an isofeat checkout, its templates/isofeat folder, or a git URL "
         "(default: this installation's checkout, else github.com/isofeat/isofeat)",
     )
+    p.add_argument(
+        "--no-registry-check",
+        action="store_true",
+        help="with features_source=oci, do not ask the registry whether the Features exist",
+    )
 
 
 def _words_parser() -> argparse.ArgumentParser:
@@ -46,7 +51,10 @@ def _words_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(words: Sequence[str], no_input: bool, force: bool, template: str | None) -> int:
+def run(
+    words: Sequence[str], no_input: bool, force: bool, template: str | None,
+    no_registry_check: bool = False,
+) -> int:
     from isofeat.errors import IsofeatError
 
     words = list(words)
@@ -73,6 +81,7 @@ def run(words: Sequence[str], no_input: bool, force: bool, template: str | None)
         no_input=no_input or inner.no_input,
         force=force or inner.force,
         template=template or inner.template,
+        check_features=not (no_registry_check or inner.no_registry_check),
     )
 
 
@@ -92,4 +101,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the project folder, then template variables, e.g. docker_in_docker=yes "
         "agents=claude,codex extra_whitelist=api.example.com features_source=local",
     )
-    p.set_defaults(func=lambda a: run(a.words, a.no_input, a.force, a.template))
+    p.set_defaults(
+        func=lambda a: run(a.words, a.no_input, a.force, a.template, a.no_registry_check)
+    )

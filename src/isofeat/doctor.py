@@ -2,7 +2,9 @@
 
 Every check looks at the sandbox the way the agent would: from inside the container, as the
 agent's user. A failed check fails the whole test; ``run-claude`` refuses to launch an agent
-until it passes, and the ``postStartCommand`` shows it at every start.
+until it passes, and at every start the ``postStartCommand`` (``isofeat doctor
+--stop-on-failure``) stops the container when a check fails: a sandbox whose self-test failed
+does not keep running.
 """
 
 from __future__ import annotations
@@ -583,3 +585,34 @@ def run_for_launch() -> tuple[bool, str]:
     if failed:
         return False, "; ".join(f"{c.name}: {c.detail}" for c in failed)
     return True, f"{len(results)} checks passed"
+
+
+def stop_sandbox(environ: Mapping[str, str] = os.environ, proc: Path = Path("/proc")) -> str:
+    """Stop this sandbox's container by ending its main process (PID 1); say what happened.
+
+    Only inside an isofeat sandbox whose PID 1 runs as this same unprivileged user (the
+    template's ``dev`` service runs as uid 1001 with an init): never on a host, and never as
+    root, where PID 1 is the machine's init. The container then stays stopped (no restart
+    policy), and only the host can start it again, which runs this self-test again.
+    """
+    from isofeat.agents import in_sandbox
+
+    uid = os.getuid()
+    if not in_sandbox(environ):
+        return "not stopping anything: this is not an isofeat sandbox (ISOFEAT_SANDBOX is not 1)"
+    try:
+        owner = (proc / "1").stat().st_uid
+    except OSError as err:
+        return f"could not stop the container: {err}"
+    if uid == 0 or owner != uid:
+        return (f"could not stop the container: its main process runs as uid {owner}, this "
+                f"check as uid {uid}; stop it from the host")
+    import signal
+
+    try:
+        os.kill(1, signal.SIGTERM)
+    except OSError as err:
+        return f"could not stop the container: {err}"
+    return ("stopping this container: a sandbox that fails its self-test must not run. Fix the "
+            "failed check on the host, then reopen the folder (devcontainer up), which checks "
+            "again")

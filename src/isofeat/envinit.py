@@ -129,7 +129,7 @@ def read_settings(devcontainer: Path) -> Settings:
         ) from None
     if not isinstance(data, dict):
         raise IsofeatError(
-            f"{path}:1: expected a JSON object", fix='write {"dockerInDocker": false}'
+            f"{path}:1: expected a JSON object", fix='write {} (or {"upstream": null})'
         )
     known = {"dockerInDocker", "upstream", "noUpstream", "extraCaCerts", "copyToTasks"}
     known |= {"allowHostAccess", "limits"}
@@ -534,7 +534,9 @@ def init(
         "notify_mode": notify_mode,
         "sandbox_entries": sandbox_entries,
         "dind_entries": dind_entries,
-        "docker_in_docker": settings.docker_in_docker,
+        # The template turns Docker-in-Docker on with compose.dind.yaml, not in isofeat.json.
+        "docker_in_docker": settings.docker_in_docker
+        or (devcontainer / "compose.dind.yaml").is_file(),
         "worktree": (workspace / ".git").is_file(),
         "agent_git": git.git_dir if git.git_dir_target != NO_GIT_TARGET else None,
         "agent_git_created": git.created,

@@ -109,8 +109,13 @@ def scaffold(
     force: bool = False,
     template: str | None = None,
     cwd: Path | None = None,
+    check_features: bool = True,
 ) -> int:
-    """Add ``PROJECT_DIR/.devcontainer/`` with the cookiecutter template; return 0."""
+    """Add ``PROJECT_DIR/.devcontainer/`` with the cookiecutter template; return 0.
+
+    With ``check_features``, asks the registry for the Features the new devcontainer.json
+    names (``features_source=oci``) before returning (see :mod:`isofeat.oci_check`).
+    """
     cwd = cwd or Path.cwd()
     project = (cwd / project_dir).resolve() if not project_dir.is_absolute() else project_dir
     if not project.is_dir():
@@ -130,6 +135,7 @@ def scaffold(
             "(other files stay, and the replaced ones are listed)",
         )
     context = parse_assignments(assignments, cwd)
+    existed = target.exists()
     if force:
         context["_force"] = "yes"
     source, directory = template_source(template)
@@ -180,7 +186,59 @@ def scaffold(
         raise IsofeatError(str(err), fix="use one of the choices named") from None
     except CookiecutterException as err:
         raise IsofeatError(f"cookiecutter failed: {err}", fix="see the message above") from None
+    if check_features:
+        _check_registry_features(target, created=not existed)
     return 0
+
+
+def registry_features(devcontainer: Path) -> dict[tuple[str, str], list[str]]:
+    """The Features ``devcontainer.json`` takes from a registry: ``{(namespace, tag): [ids]}``."""
+    import json5
+
+    config = json5.loads((devcontainer / "devcontainer.json").read_text(encoding="utf-8"))
+    found: dict[tuple[str, str], list[str]] = {}
+    for ref in config.get("features", {}):
+        if ref.startswith((".", "/")) or "/" not in ref:
+            continue  # a local Feature folder, or not an OCI reference
+        if "@" in ref:  # pinned by digest: the manifest is asked for by that digest
+            name, _, tag = ref.partition("@")
+        elif ":" in ref.rsplit("/", 1)[-1]:
+            name, _, tag = ref.rpartition(":")
+        else:
+            name, tag = ref, "latest"
+        namespace, _, feature = name.rpartition("/")
+        found.setdefault((namespace, tag), []).append(feature)
+    return found
+
+
+def _check_registry_features(devcontainer: Path, *, created: bool) -> None:
+    """Say at once when the Features cannot be resolved, not when `devcontainer up` fails.
+
+    A registry that answers "not found" is an error (and a .devcontainer/ this run created is
+    removed again); one that cannot be reached is a warning: it may work later, online.
+    """
+    import shutil
+    import sys
+
+    from isofeat.oci_check import check
+
+    for (namespace, tag), features in registry_features(devcontainer).items():
+        problem = check(namespace, tag, features)
+        if problem is None:
+            continue
+        fix = ("isofeat scaffold features_source=local (copies of the Features inside "
+               ".devcontainer/, no registry needed)")
+        if problem.missing:
+            if created:
+                shutil.rmtree(devcontainer, ignore_errors=True)
+            raise IsofeatError(
+                f"the Features cannot be resolved: {problem.message}; `devcontainer up` would "
+                f"fail{'. Nothing was written' if created else ''}",
+                fix=fix + (" --force" if not created else ""),
+            )
+        print(f"warning: the Features may not resolve: {problem.message}. If `devcontainer up` "
+              f"fails to fetch them, use: {fix}", file=sys.stderr)
+        return
 
 
 # --------------------------------------------------------------------------- Dev Container Template

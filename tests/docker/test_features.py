@@ -329,3 +329,18 @@ def test_publish_round_trip_and_a_devcontainer_of_image_plus_five_features(
             run(["docker", "rm", "-f", *ids])
         for image in images - {""}:
             run(["docker", "rmi", "-f", image])
+
+
+def test_pypi_source_says_plainly_that_isofeat_is_not_on_the_index(
+    base_image: str, tmp_path: Path
+) -> None:
+    # source=pypi, for real: the index this build uses has no isofeat. A folder of its own holds
+    # the Feature, so no wheel left in features/src/isofeat/wheels can change the outcome.
+    feature = tmp_path / "isofeat"
+    shutil.copytree(SRC / "isofeat", feature, ignore=shutil.ignore_patterns("wheels"))
+    result = run(["docker", "run", "--rm", "--label", f"isofeat.test={RUN_ID}", "-u", "0",
+                  "-e", "SOURCE=pypi", "-v", f"{feature}:/f:ro", base_image,
+                  "bash", "-c", "bash /f/install.sh; echo rc=$?"], timeout=600)
+    assert "rc=1" in result.stdout, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "not on the package index this build uses" in result.stderr, result.stderr[-2000:]
+    assert "features_source=local" in result.stderr

@@ -82,10 +82,11 @@ def run_in(ws: Path, env: dict[str, str], script: str) -> subprocess.CompletedPr
 @pytest.fixture
 def environment(
     request: pytest.FixtureRequest, tmp_path: Path, base_image: str, proxy_image: str,
-    dind_image: str,
+    dind_image: str, isofeat_wheel_dir: Path,
 ) -> Iterator[tuple[Path, dict[str, str]]]:
     dind = request.param
     env = host_env(tmp_path)
+    env["ISOFEAT_WHEEL_DIR"] = str(isofeat_wheel_dir)
     ws = bake(tmp_path / "demo", env, docker_in_docker=dind, project_name="e2e demo")
     try:
         yield ws, env
@@ -190,3 +191,43 @@ def test_main_job_up_doctor_attacks_and_warm_reopen(
         assert "nested-run=ok" in dind.stdout, (dind.stdout, dind.stderr[-3000:])
         assert ("dind-proxy=unreachable" in dind.stdout
                 or "dind-proxy=403" in dind.stdout), dind.stdout
+
+    # A self-test that really fails at start stops the sandbox: the proxy is gone (so the
+    # egress checks fail), the agent's container is restarted, and the reopen runs the
+    # postStartCommand again. The environment must not stay up for an agent to use.
+    project = project_name(env_id_for(ws))
+    subprocess.run(["docker", "stop", "-t", "1", container_of(project, "proxy")], check=True,
+                   capture_output=True)
+    dev = container_of(project, "dev")
+    subprocess.run(["docker", "restart", "-t", "1", dev], check=True, capture_output=True)
+    broken = subprocess.run(
+        [need("devcontainer"), "up", "--workspace-folder", str(ws)],
+        capture_output=True, text=True, env=env, check=False, timeout=600,
+    )
+    said = broken.stdout + broken.stderr
+    assert '"outcome":"success"' not in said.replace(" ", ""), said[-3000:]
+    assert "SANDBOX CHECK FAILED" in said and "stopping this container" in said, said[-3000:]
+    for _ in range(30):
+        if not running(dev):
+            break
+        time.sleep(1)
+    assert not running(dev), "the sandbox kept running after its self-test failed"
+    after = run_in(ws, env, "echo still-usable")
+    assert after.returncode != 0 and "still-usable" not in after.stdout
+
+
+def container_of(project: str, service: str) -> str:
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
+         "--filter", f"label=com.docker.compose.service={service}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert len(ids) == 1, (project, service, ids)
+    return ids[0]
+
+
+def running(container: str) -> bool:
+    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return state == "true"
+

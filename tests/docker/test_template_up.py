@@ -115,9 +115,13 @@ def up_env(
 
 
 @pytest.fixture
-def baked(tmp_path: Path, up_env: dict[str, str]) -> Iterator[tuple[Path, str]]:
+def baked(
+    tmp_path: Path, up_env: dict[str, str], isofeat_wheel_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Path, str]]:
     """A git project with the template (local Features, no agents: the fast build)."""
     _need("devcontainer")
+    monkeypatch.setenv("ISOFEAT_WHEEL_DIR", str(isofeat_wheel_dir))
     project = tmp_path / "tpl-up"
     project.mkdir()
     (project / "README.md").write_text("demo\n")
@@ -223,3 +227,31 @@ def test_a_baked_project_comes_up_hardened_and_reopens_warm(
     assert again["containerId"] == outcome["containerId"]
     print(f"devcontainer up: cold {cold:.1f} s, warm {warm:.1f} s")
     assert warm < 15, f"a warm reopen took {warm:.1f} s"
+
+
+def test_scaffold_checks_the_oci_features_against_a_real_registry(
+    registry: str, tmp_path: Path, isolated_home: Path
+) -> None:
+    """features_source=oci against Debian's docker-registry: refused while nothing is
+    published there, accepted once scripts/publish-features has pushed the Features."""
+    project = tmp_path / "oci-project"
+    project.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    namespace = "isofeat-test/features"
+    scaffold = [sys.executable, "-m", "isofeat", "scaffold", str(project), "--no-input",
+                f"features_oci_namespace={registry}/{namespace}"]
+    refused = subprocess.run(scaffold, capture_output=True, text=True, env=env, check=False,
+                             timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{registry} has no {registry}/{namespace}/" in refused.stderr
+    assert "fix: isofeat scaffold features_source=local" in refused.stderr
+    assert not (project / ".devcontainer").exists()
+
+    subprocess.run([str(REPO / "scripts" / "publish-features"), "-r", registry, "-n", namespace],
+                   capture_output=True, text=True, env=env, check=True, timeout=300)
+    accepted = subprocess.run(scaffold, capture_output=True, text=True, env=env, check=False,
+                              timeout=120)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "warning" not in accepted.stderr and "ERROR" not in accepted.stderr
+    config = json5.loads((project / ".devcontainer" / "devcontainer.json").read_text())
+    assert f"{registry}/{namespace}/isofeat:1" in config["features"]

@@ -49,3 +49,24 @@ def test_refuses_when_the_self_test_fails_and_names_the_check(
 
 def test_unknown_agent_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "cursor"]) == 2
+
+
+def test_stop_on_failure_never_signals_an_init_that_is_not_the_sandbox_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real stop is tested in a real container (tests/docker/test_main_job.py). Here: the
+    # guards that keep `isofeat doctor --stop-on-failure` from signalling a host's init.
+    from isofeat import doctor
+
+    signalled: list[int] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append(pid))
+    (tmp_path / "1").mkdir()
+    assert "not an isofeat sandbox" in doctor.stop_sandbox({}, proc=tmp_path)
+    if os.getuid() == 0:
+        # Root never signals PID 1, even inside something that says it is a sandbox.
+        assert "could not stop" in doctor.stop_sandbox({"ISOFEAT_SANDBOX": "1"}, proc=tmp_path)
+    else:
+        assert "stopping this container" in doctor.stop_sandbox(
+            {"ISOFEAT_SANDBOX": "1"}, proc=tmp_path
+        )
+    assert signalled == ([] if os.getuid() == 0 else [1])

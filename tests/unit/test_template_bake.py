@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import json5
 import jsonschema
@@ -149,7 +153,7 @@ def test_default_devcontainer_json_validates_and_wires_init_features_and_doctor(
     assert config["service"] == "dev"
     assert config["workspaceFolder"] == "/workspace"
     assert config["remoteUser"] == "claude"
-    assert config["postStartCommand"] == "isofeat doctor"
+    assert config["postStartCommand"] == "isofeat doctor --stop-on-failure"
     assert config["shutdownAction"] == "stopCompose"
     assert config["initializeCommand"].endswith("isofeat init")
     refs = [f"ghcr.io/isofeat/features/{i}:1" for i in FEATURE_IDS]
@@ -306,7 +310,6 @@ def test_isofeat_json_and_whitelist_are_what_init_and_the_linter_read(project: P
         no_upstream=".corp.example, intranet.example",
     )
     settings = read_settings(devcontainer)
-    assert settings.docker_in_docker is False
     assert settings.upstream == "socks5://proxy.corp.example:1080"
     assert settings.no_upstream == (".corp.example", "intranet.example")
     text = (devcontainer / "whitelist.txt").read_text()
@@ -319,7 +322,7 @@ def test_default_whitelist_has_no_entries_but_lints_clean(project: Path) -> None
     text = (bake(project) / "whitelist.txt").read_text()
     assert parse_text(text, "whitelist.txt") == ([], [])
     assert json.loads((project / ".devcontainer" / "isofeat.json").read_text()) == {
-        "dockerInDocker": False, "upstream": None, "noUpstream": [], "extraCaCerts": None,
+        "upstream": None, "noUpstream": [],
         "allowHostAccess": False, "limits": {"pids": 2048, "memory": "4g", "cpus": "auto"},
         "copyToTasks": [".env"],
     }  # fmt: skip
@@ -365,7 +368,8 @@ def test_docker_in_docker_adds_the_fragment_and_its_whitelist(
     fragment = template_with_dind_fragment.parent / "compose-fragments" / "compose.dind.yaml"
     assert (devcontainer / "compose.dind.yaml").read_bytes() == fragment.read_bytes()
     assert parse_text((devcontainer / "whitelist-dind.txt").read_text(), "w") == ([], [])
-    assert read_settings(devcontainer).docker_in_docker is True
+    # isofeat.json holds no dockerInDocker: the compose file is what turns it on.
+    assert "dockerInDocker" not in json.loads((devcontainer / "isofeat.json").read_text())
     env = compose(devcontainer)["services"]["dev"]["environment"]
     assert env["NO_PROXY"].split(",")[-1] == "docker" == env["no_proxy"].split(",")[-1]
     proxy_options = config["features"]["ghcr.io/isofeat/features/egress-proxy:1"]
@@ -427,7 +431,11 @@ def test_the_services_example_merges_into_a_database_on_the_internal_network_onl
     assert dev["environment"]["HTTPS_PROXY"] == "http://proxy:8888"
 
 
-def test_local_features_are_copied_with_a_wheel_and_referenced_by_path(project: Path) -> None:
+def test_local_features_are_copied_with_a_wheel_and_referenced_by_path(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The newcomer's path: no wheel given, so the hook builds one from this checkout (PEP 517).
+    monkeypatch.delenv("ISOFEAT_WHEEL_DIR", raising=False)
     devcontainer = bake(project, features_source="local")
     config = devcontainer_json(devcontainer)
     assert schema_errors(config) == []
@@ -439,6 +447,68 @@ def test_local_features_are_copied_with_a_wheel_and_referenced_by_path(project: 
     wheels = list((devcontainer / "features" / "isofeat" / "wheels").glob("isofeat-*.whl"))
     assert len(wheels) == 1
     assert "features/isofeat/wheels/" in (devcontainer / ".gitignore").read_text().splitlines()
+
+
+def _cookiecutter_cli(
+    cwd: Path, template: str, out: Path, home: Path, *answers: str, pwd: bool = True,
+    **env_extra: str,
+) -> subprocess.CompletedProcess[str]:
+    """The real ``cookiecutter`` command, started in ``cwd`` the way a shell starts it."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PWD", "COOKIECUTTER_CONFIG"}}
+    env.update({"HOME": str(home), **env_extra})
+    if pwd:
+        env["PWD"] = str(cwd)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cookiecutter"), "--no-input", template,
+         "-o", str(out), *answers],
+        cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["relative", "relative-no-pwd", "absolute"])
+def test_local_template_works_from_any_working_directory(
+    how: str, project: Path, tmp_path: Path, isolated_home: Path, isofeat_wheel_dir: Path
+) -> None:
+    # Another folder than the project, the template or the repository.
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    template = str(TEMPLATE) if how == "absolute" else os.path.relpath(TEMPLATE, elsewhere)
+    # Without $PWD (not started from a shell) the hooks still find the template.
+    result = _cookiecutter_cli(
+        elsewhere, template, project, isolated_home, "features_source=local",
+        "docker_in_docker=yes", pwd=how != "relative-no-pwd",
+        ISOFEAT_WHEEL_DIR=str(isofeat_wheel_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    devcontainer = project / ".devcontainer"
+    for feature in FEATURE_IDS:
+        assert (devcontainer / "features" / feature / "devcontainer-feature.json").is_file()
+    assert len(list((devcontainer / "features" / "isofeat" / "wheels").glob("*.whl"))) == 1
+    assert (devcontainer / "compose.dind.yaml").read_bytes() == (
+        REPO / "templates" / "compose-fragments" / "compose.dind.yaml"
+    ).read_bytes()
+
+
+def test_local_features_fail_clearly_when_no_wheel_can_be_built(
+    project: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    # No index answers and nothing is cached: the build requirements cannot be installed.
+    result = _cookiecutter_cli(
+        tmp_path, str(TEMPLATE), project, isolated_home, "features_source=local",
+        PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_NO_CACHE_DIR="1", PIP_RETRIES="0",
+        PIP_TIMEOUT="2", PIP_FIND_LINKS="",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "ERROR: features_source: local needs a wheel of isofeat" in result.stderr
+    assert "ISOFEAT_WHEEL_DIR" in result.stderr
+    # Cookiecutter removes what it created: no half-made .devcontainer/ to fall back on.
+    assert not (project / ".devcontainer").exists()
+    # Given a folder without a wheel, it says so too.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    given = _cookiecutter_cli(tmp_path, str(TEMPLATE), project, isolated_home,
+                              "features_source=local", ISOFEAT_WHEEL_DIR=str(empty))
+    assert given.returncode != 0 and f"ISOFEAT_WHEEL_DIR={empty} holds no" in given.stderr
 
 
 def test_extra_ca_certificates_are_embedded_for_the_egress_proxy_feature(
@@ -454,7 +524,8 @@ def test_extra_ca_certificates_are_embedded_for_the_egress_proxy_feature(
     pem = base64.b64decode(options["caCertsBase64"]).decode()
     body = re.sub(r"\s", "", cert.read_text().split("-----")[2])
     assert re.sub(r"\s", "", pem.split("-----")[2]) == body
-    assert json.loads((devcontainer / "isofeat.json").read_text())["extraCaCerts"] == str(cert)
+    # Nothing reads a path at run time: the certificates are in devcontainer.json.
+    assert "extraCaCerts" not in json.loads((devcontainer / "isofeat.json").read_text())
 
 
 # --------------------------------------------------------------------------- what it refuses
@@ -619,9 +690,8 @@ def test_force_replaces_the_template_files_lists_them_and_keeps_the_rest(
 
 
 def test_scaffold_bakes_with_key_value_pairs_in_any_order(project: Path) -> None:
-    code = main(
-        ["scaffold", str(project), "--no-input", "agents=claude", "extra_whitelist=x.example.com"]
-    )
+    code = main(["scaffold", str(project), "--no-input", "--no-registry-check", "agents=claude",
+                 "extra_whitelist=x.example.com"])
     assert code == 0
     config = devcontainer_json(project / ".devcontainer")
     assert config["features"]["ghcr.io/isofeat/features/ai-agents:1"]["codex"] is False
@@ -632,8 +702,8 @@ def test_scaffold_defaults_to_the_current_folder(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(project)
-    assert main(["scaffold", "--no-input", "docker_in_docker=false"]) == 0
-    assert read_settings(project / ".devcontainer").docker_in_docker is False
+    assert main(["scaffold", "--no-input", "--no-registry-check", "docker_in_docker=false"]) == 0
+    assert not (project / ".devcontainer" / "compose.dind.yaml").exists()
 
 
 def test_scaffold_refuses_an_existing_devcontainer_before_asking(
@@ -649,7 +719,7 @@ def test_scaffold_refuses_an_existing_devcontainer_before_asking(
 
 
 def test_scaffold_force_replaces_and_keeps_other_files(project: Path, existing: Path) -> None:
-    assert main(["scaffold", str(project), "--no-input", "--force"]) == 0
+    assert main(["scaffold", str(project), "--no-input", "--no-registry-check", "--force"]) == 0
     assert (existing / "notes.txt").exists()
     assert devcontainer_json(existing)["service"] == "dev"
 
@@ -690,9 +760,13 @@ def test_scaffold_makes_a_relative_ca_path_absolute(
         pytest.skip("needs the openssl CLI to make a test CA")
     cert = make_ca(tmp_path / "ca")
     monkeypatch.chdir(tmp_path)
-    assert main(["scaffold", str(project), "--no-input", "extra_ca_certs=ca/corp-ca.pem"]) == 0
-    settings = json.loads((project / ".devcontainer" / "isofeat.json").read_text())
-    assert settings["extraCaCerts"] == str(cert)
+    assert main(["scaffold", str(project), "--no-input", "--no-registry-check",
+                 "extra_ca_certs=ca/corp-ca.pem"]) == 0
+    config = devcontainer_json(project / ".devcontainer")
+    options = config["features"]["ghcr.io/isofeat/features/egress-proxy:1"]
+    pem = base64.b64decode(options["caCertsBase64"]).decode()
+    body = re.sub(r"\s", "", cert.read_text().split("-----")[2])
+    assert re.sub(r"\s", "", pem.split("-----")[2]) == body
 
 
 # --------------------------------------------------------------------------- Dev Container Template
@@ -789,3 +863,76 @@ def test_the_hook_without_isofeat_still_refuses_bad_entries(tmp_path: Path, entr
     assert result.returncode == 1
     assert "ERROR: extra_whitelist: bad entry" in result.stderr
     assert "install isofeat for the full whitelist language" in result.stderr
+
+
+# --------------------------------------------------------------------------- registry check
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """The OCI distribution API's manifest endpoint, behind an anonymous bearer token."""
+
+    published: ClassVar[set[str]] = set()
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        if self.path.startswith("/token"):
+            self._answer(200, b'{"token": "anon"}')
+        elif self.headers.get("Authorization") != "Bearer anon":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://localhost:{port}/token"'
+                             ',service="test",scope="repository:ns/isofeat:pull"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path in self.published:
+            self._answer(200, b"{}")
+        else:
+            self._answer(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_registry() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    _Registry.published = set()
+
+
+def test_scaffold_refuses_features_that_are_not_published(
+    project: Path, fake_registry: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    namespace = f"features_oci_namespace=localhost:{fake_registry}/ns"
+    assert main(["scaffold", str(project), "--no-input", namespace]) == 2
+    err = capsys.readouterr().err
+    assert f"localhost:{fake_registry} has no localhost:{fake_registry}/ns/" in err
+    assert "fix: isofeat scaffold features_source=local" in err
+    assert not (project / ".devcontainer").exists()
+
+    # Once published, the same command works.
+    _Registry.published = {f"/v2/ns/{f}/manifests/1" for f in FEATURE_IDS}
+    assert main(["scaffold", str(project), "--no-input", namespace]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_scaffold_warns_when_the_registry_cannot_be_reached(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["scaffold", str(project), "--no-input",
+                 f"features_oci_namespace=localhost:{port}/ns"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the Features may not resolve: "), err
+    assert "features_source=local" in err[0]
+    assert (project / ".devcontainer" / "devcontainer.json").is_file()

@@ -138,8 +138,20 @@ install_package() {
     else
         local spec="isofeat"
         [ "$want" = latest ] || spec="isofeat==${want}"
-        log "installing ${spec} from PyPI"
-        "${pip[@]}" --upgrade "$spec" \
+        if [ "$SOURCE" = auto ]; then
+            log "no isofeat-*.whl in ${WHEELS_DIR}: installing ${spec} from PyPI (source=auto)"
+        else
+            log "installing ${spec} from PyPI"
+        fi
+        local out status=0
+        out="$(mktemp)"
+        "${pip[@]}" --upgrade "$spec" 2>&1 | tee "$out" || status=$?
+        if [ "$status" -ne 0 ] && grep -q "No matching distribution found for isofeat" "$out"; then
+            rm -f "$out"
+            die "${spec} is not on the package index this build uses (isofeat is not published on PyPI yet). Give this Feature a wheel instead: features_source=local in the isofeat template (it builds one), or source=wheels with an isofeat-*.whl in ${WHEELS_DIR}."
+        fi
+        rm -f "$out"
+        [ "$status" -eq 0 ] \
             || die "pip install ${spec} failed (see above). Check the build's network and CA certificates (PIP_CERT), or use source=wheels."
     fi
 }
@@ -156,8 +168,9 @@ write_post_start() {
     # Generated at build time with the option baked in (postStartCommand cannot see options).
     if [ "$SELF_TEST" = true ]; then
         write_if_changed "$POST_START" "#!/bin/sh
-# isofeat Feature: the postStartCommand. A failing self-test fails the start, on purpose.
-exec /usr/local/bin/isofeat doctor" 0755
+# isofeat Feature: the postStartCommand. A failing self-test fails the start and stops the
+# container, on purpose: a sandbox that fails its self-test must not keep running.
+exec /usr/local/bin/isofeat doctor --stop-on-failure" 0755
     else
         write_if_changed "$POST_START" "#!/bin/sh
 # isofeat Feature: the postStartCommand. The self-test was turned off (selfTest=false) when

@@ -44,7 +44,6 @@ VARIABLES = (
     "_devcontainer_template",
 )
 VALUES = {name: CONTEXT.get(name) for name in VARIABLES}
-REPO_DIR = Path(CONTEXT["_repo_dir"])
 OUTPUT_DIR = Path(CONTEXT["_output_dir"])
 
 
@@ -87,6 +86,33 @@ HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])\Z")
 PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
 
 errors: list[str] = []
+
+
+def template_dir(given: str) -> Path:
+    """The template's folder as an absolute path (cookiecutter's ``_repo_dir`` is as typed).
+
+    ``cookiecutter ../isofeat/templates/isofeat`` passes a path relative to the folder it was
+    started in, but hooks run in the new ``.devcontainer/``. Cookiecutter itself runs hooks from
+    inside the template folder (its working directory, which Linux shows as /proc/PPID/cwd);
+    the shell's $PWD is the folder it was started in.
+    """
+    path = Path(given).expanduser()
+    if path.is_absolute():
+        return path
+    candidates = [Path(f"/proc/{os.getppid()}/cwd")]
+    if os.environ.get("PWD"):
+        candidates.append(Path(os.environ["PWD"]) / path)
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)
+        except OSError:
+            continue
+        if (resolved / "cookiecutter.json").is_file() and (resolved / "hooks").is_dir():
+            return resolved
+    return path.resolve()
+
+
+REPO_DIR = template_dir(CONTEXT["_repo_dir"])
 
 
 def error(variable: str, problem: str, fix: str) -> None:
