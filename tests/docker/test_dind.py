@@ -33,6 +33,7 @@ import pytest
 
 from isofeat import __version__, image_build
 from isofeat.cli import main
+from isofeat.envinit import proxy_container_user
 
 pytestmark = pytest.mark.docker
 
@@ -250,6 +251,8 @@ def make_stack(
         "ISOFEAT_PROXY_CONF": proxy_conf,
         "ISOFEAT_DIND_PROXY_CONF": dind_proxy_conf,
         "ISOFEAT_DIND_SUBNET": subnet,
+        # As `isofeat init` writes it: the proxies run as the owner of their renders.
+        "ISOFEAT_PROXY_USER": proxy_container_user(os.environ),
     }
     (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     project = f"isofeat-test-dind-{RUN}-{uuid.uuid4().hex[:4]}"

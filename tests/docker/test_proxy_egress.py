@@ -626,8 +626,10 @@ def test_a_flood_past_max_clients_is_refused_and_the_proxy_recovers(
     assert proxy.connect("attacker.test:443") == 403
 
 
-def test_check_cli_matches_for_the_security_case_names() -> None:
+def test_check_cli_matches_for_the_security_case_names(tmp_path: Any) -> None:
     """The same names through the CLI exit codes, so a user sees what the proxy does."""
+    whitelist = tmp_path / "whitelist.txt"  # a regular file: pipes and FIFOs are refused
+    whitelist.write_text("github.com\n")
     for host in ["github.com.attacker.test", "attacker-github.com", "notgithub.com", "githubXcom"]:
         code = subprocess.run(
             [
@@ -641,9 +643,8 @@ def test_check_cli_matches_for_the_security_case_names() -> None:
                 "none",
                 "--no-global",
                 "-w",
-                "/dev/stdin",
+                str(whitelist),
             ],
-            input="github.com\n",
             text=True,
             capture_output=True,
             check=False,
