@@ -9,10 +9,11 @@ from pathlib import Path
 
 from isofeat import argtypes
 from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
+from isofeat.layout import SANDBOX_GID, SANDBOX_UID
 
 
 def init(workspace: Path, as_json: bool, quiet: bool, share: bool) -> int:
-    from isofeat.envinit import init as run_init
+    from isofeat.init import init as run_init
 
     if not workspace.is_dir():
         # Said here, before "has no .devcontainer/": the folder itself is what is wrong.
@@ -66,8 +67,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument(
         "--no-share", action="store_true",
-        help="do not give the worktree to the sandbox group (gid 2000); then make it writable "
-        "for uid 1001 yourself",
+        help=f"do not give the worktree to the sandbox group (gid {SANDBOX_GID}); then make it "
+        f"writable for uid {SANDBOX_UID} yourself",
     )
     p.set_defaults(func=lambda a: init(a.workspace, a.json, a.quiet, not a.no_share))
 

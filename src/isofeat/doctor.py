@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-WORKSPACE = Path(os.environ.get("ISOFEAT_WORKSPACE", "/workspace"))
-EXPECTED_UID = 1001
-EXPECTED_GID = 2000
+from isofeat import layout
+from isofeat.envvars import ISOFEAT_WORKSPACE
+
+WORKSPACE = Path(os.environ.get(ISOFEAT_WORKSPACE, layout.WORKSPACE_TARGET))
+EXPECTED_UID = layout.SANDBOX_UID
+EXPECTED_GID = layout.SANDBOX_GID
 DENIED_PROBE = "isofeat-doctor-denied.invalid"
 #: Outside addresses that must not be reachable directly: public resolvers, by IP.
 DIRECT_PROBES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("9.9.9.9", 443))
@@ -32,7 +35,7 @@ DNS_PROBES = ("example.com", "github.com")
 IPV6_PROBE = ("2606:4700:4700::1111", 443)
 TIMEOUT = 3.0
 #: The user's git objects, mounted read-only for the agent's git to borrow (compose.yaml).
-GIT_OBJECTS = Path("/run/isofeat/git-objects")
+GIT_OBJECTS = Path(layout.GIT_OBJECTS_TARGET)
 SETUID_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/lib/dbus-1.0")
 
 

@@ -28,7 +28,7 @@ import jsonschema
 import pytest
 from cookiecutter.main import cookiecutter
 
-from isofeat.envinit import env_id_for, project_name
+from isofeat.layout import env_id_for, project_name
 from isofeat.scaffold import DEVCONTAINER_TEMPLATE_DIR
 
 REPO = Path(__file__).resolve().parents[2]

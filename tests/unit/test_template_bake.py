@@ -29,13 +29,13 @@ from cookiecutter.exceptions import FailedHookException, OutputDirExistsExceptio
 from cookiecutter.main import cookiecutter
 
 from isofeat.cli import main
-from isofeat.envinit import read_settings
 from isofeat.scaffold import (
     DEVCONTAINER_TEMPLATE_DIR,
     committed_devcontainer_template,
     devcontainer_template_files,
     devcontainer_template_metadata,
 )
+from isofeat.settings import read_settings
 from isofeat.whitelist import parse_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -284,7 +284,7 @@ def test_compose_accepts_every_key_of_env_example_and_refuses_to_run_without_env
 
 
 def test_env_example_documents_exactly_the_keys_isofeat_init_writes(project: Path) -> None:
-    from isofeat.envinit import init
+    from isofeat.init import init
 
     devcontainer = bake(project)
     subprocess.run(["git", "init", "-q", str(project)], check=True)

@@ -347,7 +347,7 @@ def check_dind() -> None:
 
 
 def check_limits() -> None:
-    """The same rules as isofeat init's reading of isofeat.json "limits" (envinit)."""
+    """The same rules as isofeat init's reading of isofeat.json "limits" (isofeat.settings)."""
     pids = text("pids_limit").strip()
     if not (pids.isdigit() and 64 <= int(pids) <= 4_194_304):
         error("pids_limit", f"{pids!r} is not a whole number from 64", "write e.g. 2048")
