@@ -27,7 +27,10 @@ TEMPLATE_DIRECTORY = "templates/isofeat"
 #: The template used when this package does not sit in a repository checkout.
 DEFAULT_TEMPLATE_REPO = "https://github.com/isofeat/isofeat"
 
-#: The variables a user may set, with the values ``isofeat scaffold`` passes when not given.
+#: The variables a user may set: the keys of the template's cookiecutter.json that do not
+#: start with "_". A copy, because a wheel carries no template (it may come from GitHub) and
+#: `isofeat scaffold` must reject an unknown variable before cookiecutter silently drops it;
+#: tests/unit/test_layout.py compares it with cookiecutter.json.
 VARIABLES: tuple[str, ...] = (
     "project_name",
     "base_image",

@@ -88,3 +88,10 @@ def test_init_writes_what_layout_says(tmp_path: Path, isolated_home: Path) -> No
     assert values["ISOFEAT_NOTIFY_HOST_DIR"].strip("'") == str(env.notify_dir)
     assert values["ISOFEAT_PROXY_IMAGE"] == layout.PROXY_IMAGE
     assert values["ISOFEAT_DIND_IMAGE"] == layout.DIND_IMAGE
+
+
+def test_scaffold_knows_exactly_the_templates_variables() -> None:
+    from isofeat import scaffold
+
+    cookie = json.loads((COOKIECUTTER / "cookiecutter.json").read_text())
+    assert tuple(k for k in cookie if not k.startswith("_")) == scaffold.VARIABLES

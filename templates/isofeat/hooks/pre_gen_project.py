@@ -24,26 +24,8 @@ from pathlib import Path
 # The answers, as JSON inside a raw ''' string: Jinja's tojson writes every ' as \u0027, so no
 # value can end the string, and the file is valid Python before and after rendering.
 CONTEXT = json.loads(r'''{{ cookiecutter | tojson }}''')  # fmt: skip
-VARIABLES = (
-    "project_name",
-    "base_image",
-    "agents",
-    "docker_in_docker",
-    "extra_whitelist",
-    "upstream_proxy",
-    "no_upstream",
-    "extra_ca_certs",
-    "features_source",
-    "features_oci_namespace",
-    "features_version",
-    "pids_limit",
-    "mem_limit",
-    "cpus",
-    "__devcontainer_dir",
-    "_force",
-    "_devcontainer_template",
-)
-VALUES = {name: CONTEXT.get(name) for name in VARIABLES}
+# Every variable of cookiecutter.json, answered: that file is their one list.
+VALUES = CONTEXT
 OUTPUT_DIR = Path(CONTEXT["_output_dir"])
 
 
