@@ -13,7 +13,6 @@ from pathlib import Path
 from isofeat import argtypes
 from isofeat.commands_whitelist import add_layer_options
 from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
-from isofeat.whitelist import collect_layers, merge
 
 
 def render(
@@ -36,16 +35,9 @@ def render(
     """
     from isofeat import proxy_render
 
-    layers = collect_layers(
-        files, defaults=defaults, include_global=include_global, environ=environ
-    )
-    policy = merge(layers)
-    rendered = proxy_render.render(
-        policy,
-        layers=[layer.label for layer in layers],
-        upstream=upstream,
-        no_upstream=no_upstream,
-        allow_clients=allow_clients,
+    policy, layers, rendered = proxy_render.render_layers(
+        files, defaults=defaults, include_global=include_global, environ=environ,
+        upstream=upstream, no_upstream=no_upstream, allow_clients=allow_clients,
         max_clients=max_clients,
     )
     if out.exists() and not out.is_dir():
@@ -67,7 +59,7 @@ def render(
         "entries": len(policy.entries),
         "rules": rendered.rule_count,
         "connect_ports": rendered.connect_ports,
-        "layers": [layer.label for layer in layers],
+        "layers": layers,
         # Who the proxy must run as to read a private render; None: any uid may.
         "proxy_user": f"{uid}:{gid}" if private else None,
     }

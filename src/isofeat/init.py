@@ -267,16 +267,11 @@ def _render_proxy(
         pass
 
     from isofeat import proxy_render
-    from isofeat.whitelist import collect_layers, merge
 
-    layers = collect_layers(
+    policy, _, rendered = proxy_render.render_layers(
         [project_file] if project_file.is_file() else [],
         defaults=defaults, include_global=True, environ=environ,
-    )
-    policy = merge(layers)
-    rendered = proxy_render.render(
-        policy, layers=[layer.label for layer in layers], upstream=settings.upstream,
-        no_upstream=settings.no_upstream, allow_clients=allow_clients,
+        upstream=settings.upstream, no_upstream=settings.no_upstream, allow_clients=allow_clients,
     )
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Folder first: the credentials must never sit in a folder others can enter.
