@@ -11,8 +11,10 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
-from isofeat.envvars import ISOFEAT_SANDBOX
+from isofeat.envvars import in_sandbox
 from isofeat.errors import EXIT_DENIED, EXIT_USAGE
+
+__all__ = ["AGENTS", "in_sandbox", "launch", "run_claude_main", "self_test"]
 
 #: Each agent's command and the flag that turns its permission prompts off.
 AGENTS: Mapping[str, tuple[str, ...]] = {
@@ -20,11 +22,6 @@ AGENTS: Mapping[str, tuple[str, ...]] = {
     "codex": ("codex", "--dangerously-bypass-approvals-and-sandbox"),
     "gemini": ("gemini", "--yolo"),
 }
-
-
-def in_sandbox(environ: Mapping[str, str] = os.environ) -> bool:
-    """The sandbox image sets ISOFEAT_SANDBOX=1; a container alone is not enough."""
-    return environ.get(ISOFEAT_SANDBOX) == "1"
 
 
 def self_test() -> tuple[bool, str]:

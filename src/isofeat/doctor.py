@@ -598,7 +598,7 @@ def stop_sandbox(environ: Mapping[str, str] = os.environ, proc: Path = Path("/pr
     root, where PID 1 is the machine's init. The container then stays stopped (no restart
     policy), and only the host can start it again, which runs this self-test again.
     """
-    from isofeat.agents import in_sandbox
+    from isofeat.envvars import in_sandbox
 
     uid = os.getuid()
     if not in_sandbox(environ):

@@ -37,6 +37,11 @@ ALL: tuple[str, ...] = (
 )
 
 
+def in_sandbox(environ: Mapping[str, str] = os.environ) -> bool:
+    """The sandbox image sets ISOFEAT_SANDBOX=1; a container alone is not enough."""
+    return environ.get(ISOFEAT_SANDBOX) == "1"
+
+
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """``$XDG_CONFIG_HOME/isofeat``, falling back to ``~/.config/isofeat``."""
     base = environ.get(XDG_CONFIG_HOME) or str(
