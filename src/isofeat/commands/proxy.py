@@ -6,13 +6,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from isofeat import argtypes
 from isofeat.commands._options import add_layer_options, layer_defaults
-from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
+from isofeat.errors import EXIT_OK, IsofeatError
 
 
 def render(
@@ -78,65 +77,11 @@ def render(
     return EXIT_OK
 
 
-def _find_container(container: str | None, project: str | None, service: str) -> object:
-    import docker
-
-    client = docker.from_env()
-    if container:
-        try:
-            return client.containers.get(container)
-        except docker.errors.NotFound:
-            raise IsofeatError(f"no container {container!r}", fix="see `docker ps`") from None
-    if not project:
-        raise IsofeatError("say which proxy to reload", fix="pass --container NAME or --project P")
-    # Compose v1 and v2 name containers differently; the labels are the same in both.
-    found = client.containers.list(
-        filters={
-            "label": [
-                f"com.docker.compose.project={project}",
-                f"com.docker.compose.service={service}",
-            ]
-        }
-    )
-    if len(found) != 1:
-        raise IsofeatError(
-            f"expected one running {service!r} container in project {project!r}, "
-            f"found {len(found)}",
-            fix="check `docker compose -p PROJECT ps`",
-        )
-    return found[0]
-
-
-ENTRYPOINT = "/usr/local/lib/isofeat/proxy-entrypoint"
-
-
 def reload(container: str | None, project: str | None, service: str, wait: float) -> int:
-    """Make a running proxy re-read its config and filter, after checking them.
+    """Make a running proxy re-read its config and filter (see :mod:`isofeat.proxy_reload`)."""
+    from isofeat.proxy_reload import reload as reload_proxy
 
-    The image's entrypoint validates the mounted config exactly as at start (deny by default,
-    ERE, URL filtering, a non-empty filter of valid, anchored-length rules) and only then
-    sends SIGUSR1, on which tinyproxy re-reads both in place. A config that fails the checks
-    is not applied: the proxy keeps its previous rules, and this command exits 1.
-    """
-    target = _find_container(container, project, service)
-    name = target.name  # type: ignore[attr-defined]  # docker SDK is untyped
-    # As the container's own user (no `user=`): that is who can read a private render, and
-    # who may signal tinyproxy (compose runs it as ISOFEAT_PROXY_USER, not as `tinyproxy`).
-    code, output = target.exec_run([ENTRYPOINT, "--reload"])  # type: ignore[attr-defined]
-    text = output.decode("utf-8", "replace").strip()
-    if code != 0:
-        print(f"isofeat: proxy {name} refused the new config and keeps its previous rules:\n"
-              f"{text}", file=sys.stderr)
-        return EXIT_DENIED
-    time.sleep(wait)
-    target.reload()  # type: ignore[attr-defined]
-    status = target.status  # type: ignore[attr-defined]
-    if status != "running":
-        tail = target.logs(tail=5).decode("utf-8", "replace")  # type: ignore[attr-defined]
-        print(f"isofeat: proxy {name} stopped after reload ({status}); no traffic passes:\n"
-              f"{tail}", file=sys.stderr)
-        return EXIT_DENIED
-    print(f"reloaded {name}")
+    print(f"reloaded {reload_proxy(container, project, service, wait)}")
     return EXIT_OK
 
 
