@@ -3,9 +3,11 @@ compared with it here (uid and gid, image names, paths)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -95,3 +97,34 @@ def test_scaffold_knows_exactly_the_templates_variables() -> None:
 
     cookie = json.loads((COOKIECUTTER / "cookiecutter.json").read_text())
     assert tuple(k for k in cookie if not k.startswith("_")) == scaffold.VARIABLES
+
+
+# --- the agents: isofeat.agents.AGENTS is the table ---
+
+
+def _hook_constant(name: str) -> Any:
+    tree = ast.parse((COOKIECUTTER / "hooks" / "pre_gen_project.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"pre_gen_project.py has no {name}")
+
+
+def test_every_copy_of_the_agent_names_is_the_table() -> None:
+    from isofeat.agents import AGENTS
+
+    names = list(AGENTS)
+    assert list(_hook_constant("AGENTS")) == names
+    cookie = json.loads((COOKIECUTTER / "cookiecutter.json").read_text())
+    assert cookie["agents"].split(",") == names
+    feature = json.loads((REPO / "features/src/ai-agents/devcontainer-feature.json").read_text())
+    assert [k for k, v in feature["options"].items() if v["type"] == "boolean"] == names
+    template = REPO / "templates" / "devcontainer-template" / "src" / "isofeat"
+    meta = json.loads((template / "devcontainer-template.json").read_text())
+    assert [k for k, v in meta["options"].items() if v["type"] == "boolean"] == names
+    compose = (COOKIECUTTER / "{{cookiecutter.__devcontainer_dir}}" / "compose.yaml").read_text()
+    assert f'agents | select("in", {json.dumps(names)})' in compose
+    devcontainer = (COOKIECUTTER / "{{cookiecutter.__devcontainer_dir}}" / "devcontainer.json")
+    assert re.findall(r'"(\w+)": \{\{ agent\(', devcontainer.read_text()) == names

@@ -29,6 +29,8 @@ VALUES = CONTEXT
 OUTPUT_DIR = Path(CONTEXT["_output_dir"])
 
 
+# isofeat.agents.AGENTS is the table; the hook runs where isofeat may not be importable, so it
+# keeps the names, and tests/unit/test_layout.py compares them with every other copy.
 AGENTS = ("claude", "codex", "gemini")
 FEATURES = ("sandbox-user", "egress-proxy", "ai-agents", "agent-team", "isofeat")
 # What the template writes; an existing file of these names is what "force" replaces.
@@ -155,7 +157,7 @@ def check_agents() -> None:
         error(
             "agents",
             f"unknown agent(s) {', '.join(repr(a) for a in unknown) or repr(value)}",
-            "list some of claude, codex, gemini separated by commas, or write none",
+            f"list some of {', '.join(AGENTS)} separated by commas, or write none",
         )
 
 
