@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 from isofeat import layout
 from isofeat.envvars import ISOFEAT_WORKSPACE
 
-WORKSPACE = Path(os.environ.get(ISOFEAT_WORKSPACE, layout.WORKSPACE_TARGET))
 EXPECTED_UID = layout.SANDBOX_UID
 EXPECTED_GID = layout.SANDBOX_GID
 DENIED_PROBE = "isofeat-doctor-denied.invalid"
@@ -37,6 +36,11 @@ TIMEOUT = 3.0
 #: The user's git objects, mounted read-only for the agent's git to borrow (compose.yaml).
 GIT_OBJECTS = Path(layout.GIT_OBJECTS_TARGET)
 SETUID_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/lib/dbus-1.0")
+
+
+def workspace(environ: Mapping[str, str] = os.environ) -> Path:
+    """The workspace as the container sees it: /workspace, or $ISOFEAT_WORKSPACE (tests)."""
+    return Path(environ.get(ISOFEAT_WORKSPACE) or layout.WORKSPACE_TARGET)
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,8 @@ def _can_write(folder: Path) -> tuple[bool, str]:
 
 def check_writes() -> Check:
     home = Path(os.path.expanduser("~"))
-    must_write = [WORKSPACE, home]
-    must_not = [Path("/usr"), Path("/etc"), Path("/opt"), WORKSPACE / ".devcontainer",
+    must_write = [workspace(), home]
+    must_not = [Path("/usr"), Path("/etc"), Path("/opt"), workspace() / layout.DEVCONTAINER_DIR,
                 GIT_OBJECTS]
     problems, notes = [], []
     for folder in must_write:
@@ -163,7 +167,7 @@ def check_git() -> Check:
     """
     import subprocess
 
-    dot = WORKSPACE / ".git"
+    dot = workspace() / ".git"
     if not os.path.lexists(dot):
         return Check("git", True, "no git in the workspace")
     problems = []
@@ -172,7 +176,7 @@ def check_git() -> Check:
     exe = shutil.which("git")
     if exe is None:
         return Check("git", not problems, "; ".join(problems) or "git is not installed")
-    proc = subprocess.run([exe, "-C", str(WORKSPACE), "rev-parse", "--absolute-git-dir"],
+    proc = subprocess.run([exe, "-C", str(workspace()), "rev-parse", "--absolute-git-dir"],
                           capture_output=True, text=True, timeout=20, check=False)
     if proc.returncode != 0:
         problems.append(f"git does not work here: {proc.stderr.strip()[:200]}")
@@ -477,8 +481,9 @@ def _live_env_file() -> dict[str, str]:
     file matches what the proxy now enforces.
     """
     values: dict[str, str] = {}
+    env_file = workspace() / layout.DEVCONTAINER_DIR / layout.ENV_FILE
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        for line in (WORKSPACE / ".devcontainer" / ".env").read_text("utf-8").splitlines():
+        for line in env_file.read_text("utf-8").splitlines():
             key, sep, value = line.partition("=")
             if sep and not key.startswith("#"):
                 values[key] = value.strip("'")
