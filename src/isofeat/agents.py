@@ -11,8 +11,10 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
-from isofeat.envvars import ISOFEAT_SANDBOX
-from isofeat.errors import EXIT_DENIED, EXIT_USAGE
+from isofeat.envvars import in_sandbox
+from isofeat.errors import EXIT_DENIED, EXIT_USAGE, IsofeatError
+
+__all__ = ["AGENTS", "in_sandbox", "launch", "run_claude_main", "self_test"]
 
 #: Each agent's command and the flag that turns its permission prompts off.
 AGENTS: Mapping[str, tuple[str, ...]] = {
@@ -20,11 +22,6 @@ AGENTS: Mapping[str, tuple[str, ...]] = {
     "codex": ("codex", "--dangerously-bypass-approvals-and-sandbox"),
     "gemini": ("gemini", "--yolo"),
 }
-
-
-def in_sandbox(environ: Mapping[str, str] = os.environ) -> bool:
-    """The sandbox image sets ISOFEAT_SANDBOX=1; a container alone is not enough."""
-    return environ.get(ISOFEAT_SANDBOX) == "1"
 
 
 def self_test() -> tuple[bool, str]:
@@ -35,34 +32,34 @@ def self_test() -> tuple[bool, str]:
 
 
 def launch(agent: str, args: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
+    """Exec ``agent`` with its prompts off; raise :class:`IsofeatError` wherever that is not
+    safe (exit 1), or for an unknown agent (exit 2)."""
     if agent not in AGENTS:
-        print(f"isofeat: unknown agent {agent!r}; choose from {', '.join(AGENTS)}", file=sys.stderr)
-        return EXIT_USAGE
+        raise IsofeatError(f"unknown agent {agent!r}; choose from {', '.join(AGENTS)}",
+                           code=EXIT_USAGE)
     if not in_sandbox(environ):
-        print(
-            f"isofeat: refusing to start {agent} with its permission prompts off outside an "
-            "isofeat sandbox (ISOFEAT_SANDBOX is not 1).\n"
-            "  fix: open the project in its dev container (VS Code, JetBrains or "
+        raise IsofeatError(
+            f"refusing to start {agent} with its permission prompts off outside an isofeat "
+            "sandbox (ISOFEAT_SANDBOX is not 1).",
+            fix="open the project in its dev container (VS Code, JetBrains or "
             "`devcontainer up`) and run this there.",
-            file=sys.stderr,
+            code=EXIT_DENIED,
         )
-        return EXIT_DENIED
     ok, detail = self_test()
     if not ok:
-        print(
-            f"isofeat: refusing to start {agent}: sandbox self-test failed: {detail}",
-            file=sys.stderr,
-        )
-        return EXIT_DENIED
+        raise IsofeatError(f"refusing to start {agent}: sandbox self-test failed: {detail}",
+                           code=EXIT_DENIED)
     command = AGENTS[agent]
     path = shutil.which(command[0])
     if path is None:
-        print(f"isofeat: {command[0]} is not installed in this sandbox", file=sys.stderr)
-        return EXIT_DENIED
+        raise IsofeatError(f"{command[0]} is not installed in this sandbox", code=EXIT_DENIED)
     os.execv(path, [path, *command[1:], *args])  # noqa: S606  # exec, no shell: argv is a list
     return EXIT_DENIED  # not reached: execv replaces the process
 
 
 def run_claude_main(argv: Sequence[str] | None = None) -> int:
-    """The ``run-claude`` console script: ``isofeat run claude`` with its arguments."""
-    return launch("claude", list(sys.argv[1:] if argv is None else argv))
+    """The ``run-claude`` console script: ``isofeat run claude`` with its arguments, through
+    the CLI's one error path."""
+    from isofeat.cli import main
+
+    return main(["run", "claude", *(sys.argv[1:] if argv is None else argv)])

@@ -1,7 +1,8 @@
 """The ``isofeat`` command line.
 
-Each verb group lives in its own ``commands_*`` module with a ``register(subparsers)``
-function; this module only wires them up and turns :class:`IsofeatError` into exit code 2.
+Each verb group lives in its own module of :mod:`isofeat.commands` with a
+``register(subparsers)`` function; this module only wires them up and turns
+:class:`IsofeatError` into exit code 2.
 Heavy libraries are imported inside the verbs, never here: ``isofeat init`` runs on
 every container open and its cost is mostly interpreter start-up plus imports.
 """
@@ -21,27 +22,29 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-# Modules that add verbs, in the order --help lists them.
+# Modules that add verbs, in the order --help lists them: isofeat.commands.<name>.
 COMMAND_MODULES = (
-    "isofeat.commands_whitelist",
-    "isofeat.commands_proxy",
-    "isofeat.commands_image",
-    "isofeat.commands_env",
-    "isofeat.commands_task",
-    "isofeat.commands_agents",
-    "isofeat.commands_notify",
-    "isofeat.commands_scaffold",
+    "whitelist",
+    "proxy",
+    "egress",
+    "image",
+    "init",
+    "doctor",
+    "task",
+    "run",
+    "notify",
+    "scaffold",
 )
 
 
 # The verbs whose module can be imported alone. `isofeat init` runs on every container open:
 # importing only its module keeps start-up near a bare interpreter's (see benchmarks/).
 FAST_VERBS = {
-    "init": "isofeat.commands_env",
-    "doctor": "isofeat.commands_env",
-    "notify": "isofeat.commands_notify",
-    "run": "isofeat.commands_agents",
-    "whitelist": "isofeat.commands_whitelist",
+    "init": "init",
+    "doctor": "doctor",
+    "notify": "notify",
+    "run": "run",
+    "whitelist": "whitelist",
 }
 
 
@@ -82,7 +85,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     else:
         modules = COMMAND_MODULES
     for name in modules:
-        importlib.import_module(name).register(sub)
+        importlib.import_module(f"isofeat.commands.{name}").register(sub)
     return parser
 
 

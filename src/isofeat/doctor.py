@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-WORKSPACE = Path(os.environ.get("ISOFEAT_WORKSPACE", "/workspace"))
-EXPECTED_UID = 1001
-EXPECTED_GID = 2000
+from isofeat import layout
+from isofeat.envvars import ISOFEAT_WORKSPACE
+
+EXPECTED_UID = layout.SANDBOX_UID
+EXPECTED_GID = layout.SANDBOX_GID
 DENIED_PROBE = "isofeat-doctor-denied.invalid"
 #: Outside addresses that must not be reachable directly: public resolvers, by IP.
 DIRECT_PROBES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("9.9.9.9", 443))
@@ -32,8 +34,13 @@ DNS_PROBES = ("example.com", "github.com")
 IPV6_PROBE = ("2606:4700:4700::1111", 443)
 TIMEOUT = 3.0
 #: The user's git objects, mounted read-only for the agent's git to borrow (compose.yaml).
-GIT_OBJECTS = Path("/run/isofeat/git-objects")
+GIT_OBJECTS = Path(layout.GIT_OBJECTS_TARGET)
 SETUID_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/lib/dbus-1.0")
+
+
+def workspace(environ: Mapping[str, str] = os.environ) -> Path:
+    """The workspace as the container sees it: /workspace, or $ISOFEAT_WORKSPACE (tests)."""
+    return Path(environ.get(ISOFEAT_WORKSPACE) or layout.WORKSPACE_TARGET)
 
 
 @dataclass(frozen=True)
@@ -127,8 +134,8 @@ def _can_write(folder: Path) -> tuple[bool, str]:
 
 def check_writes() -> Check:
     home = Path(os.path.expanduser("~"))
-    must_write = [WORKSPACE, home]
-    must_not = [Path("/usr"), Path("/etc"), Path("/opt"), WORKSPACE / ".devcontainer",
+    must_write = [workspace(), home]
+    must_not = [Path("/usr"), Path("/etc"), Path("/opt"), workspace() / layout.DEVCONTAINER_DIR,
                 GIT_OBJECTS]
     problems, notes = [], []
     for folder in must_write:
@@ -160,7 +167,7 @@ def check_git() -> Check:
     """
     import subprocess
 
-    dot = WORKSPACE / ".git"
+    dot = workspace() / ".git"
     if not os.path.lexists(dot):
         return Check("git", True, "no git in the workspace")
     problems = []
@@ -169,7 +176,7 @@ def check_git() -> Check:
     exe = shutil.which("git")
     if exe is None:
         return Check("git", not problems, "; ".join(problems) or "git is not installed")
-    proc = subprocess.run([exe, "-C", str(WORKSPACE), "rev-parse", "--absolute-git-dir"],
+    proc = subprocess.run([exe, "-C", str(workspace()), "rev-parse", "--absolute-git-dir"],
                           capture_output=True, text=True, timeout=20, check=False)
     if proc.returncode != 0:
         problems.append(f"git does not work here: {proc.stderr.strip()[:200]}")
@@ -474,8 +481,9 @@ def _live_env_file() -> dict[str, str]:
     file matches what the proxy now enforces.
     """
     values: dict[str, str] = {}
+    env_file = workspace() / layout.DEVCONTAINER_DIR / layout.ENV_FILE
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        for line in (WORKSPACE / ".devcontainer" / ".env").read_text("utf-8").splitlines():
+        for line in env_file.read_text("utf-8").splitlines():
             key, sep, value = line.partition("=")
             if sep and not key.startswith("#"):
                 values[key] = value.strip("'")
@@ -595,7 +603,7 @@ def stop_sandbox(environ: Mapping[str, str] = os.environ, proc: Path = Path("/pr
     root, where PID 1 is the machine's init. The container then stays stopped (no restart
     policy), and only the host can start it again, which runs this self-test again.
     """
-    from isofeat.agents import in_sandbox
+    from isofeat.envvars import in_sandbox
 
     uid = os.getuid()
     if not in_sandbox(environ):

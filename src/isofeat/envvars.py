@@ -16,6 +16,8 @@ XDG_STATE_HOME = "XDG_STATE_HOME"
 ISOFEAT_EXTRA_CA_CERTS = "ISOFEAT_EXTRA_CA_CERTS"
 # Set inside our containers by the sandbox image/features; agents refuse to launch without it.
 ISOFEAT_SANDBOX = "ISOFEAT_SANDBOX"
+# Inside a sandbox: where the doctor finds the workspace (default /workspace); tests set it.
+ISOFEAT_WORKSPACE = "ISOFEAT_WORKSPACE"
 CI = "CI"
 DOCKER_HOST = "DOCKER_HOST"
 
@@ -25,6 +27,7 @@ ALL: tuple[str, ...] = (
     XDG_STATE_HOME,
     ISOFEAT_EXTRA_CA_CERTS,
     ISOFEAT_SANDBOX,
+    ISOFEAT_WORKSPACE,
     CI,
     DOCKER_HOST,
     "ISOFEAT_NOTIFY_DIR",  # defined with the notification helpers below
@@ -32,6 +35,11 @@ ALL: tuple[str, ...] = (
     "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below
     "ISOFEAT_PROBE_DENIED",
 )
+
+
+def in_sandbox(environ: Mapping[str, str] = os.environ) -> bool:
+    """The sandbox image sets ISOFEAT_SANDBOX=1; a container alone is not enough."""
+    return environ.get(ISOFEAT_SANDBOX) == "1"
 
 
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -57,16 +65,21 @@ ISOFEAT_NOTIFY_DIR = "ISOFEAT_NOTIFY_DIR"
 ISOFEAT_NOTIFY_SOURCE = "ISOFEAT_NOTIFY_SOURCE"
 
 
-def notify_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """Host folder holding one notification folder per environment.
-
-    ``$XDG_STATE_HOME/isofeat/notify``, falling back to ``~/.local/state/isofeat/notify``:
-    notifications are state (pending messages), not configuration.
-    """
+def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_STATE_HOME/isofeat``, falling back to ``~/.local/state/isofeat``: the one place
+    the XDG state root is worked out (environments' state and notifications live below)."""
     base = environ.get(XDG_STATE_HOME) or str(
         Path(environ.get(HOME, "~")).expanduser() / ".local" / "state"
     )
-    return Path(base) / "isofeat" / "notify"
+    return Path(base) / "isofeat"
+
+
+def notify_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """Host folder holding one notification folder per environment.
+
+    Notifications are state (pending messages), not configuration.
+    """
+    return state_dir(environ) / "notify"
 
 
 # --- the self-test's proxy probes (`isofeat doctor`) ---

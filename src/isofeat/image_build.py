@@ -34,6 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from isofeat import __version__, extra_ca
 from isofeat.errors import IsofeatError
+from isofeat.layout import (  # re-exported: tests and commands use image_build's names
+    BASE_IMAGE,
+    DIND_IMAGE,
+    DIND_PROXY_REPOSITORY,
+    DIND_REPOSITORY,
+    PROXY_REPOSITORY,
+)
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
@@ -41,12 +48,7 @@ if TYPE_CHECKING:
 TARGETS = ("base", "proxy", "dind")
 ROOT_PULL_IMAGE = "debian:bookworm-slim"
 ROOTFS_IMAGE = "isofeat/rootfs:bookworm"
-BASE_IMAGE = "isofeat/base:bookworm"
-PROXY_REPOSITORIES = ("isofeat/proxy", "isofeat/dind-proxy")
-PROXY_IMAGE = f"isofeat/proxy:{__version__}"
-DIND_PROXY_IMAGE = f"isofeat/dind-proxy:{__version__}"
-DIND_REPOSITORY = "isofeat/dind"
-DIND_IMAGE = f"{DIND_REPOSITORY}:{__version__}"
+PROXY_REPOSITORIES = (PROXY_REPOSITORY, DIND_PROXY_REPOSITORY)
 
 # Where the base Dockerfile puts the extra CAs (one certificate per .crt file).
 CA_FOLDER_IN_IMAGE = "/usr/local/share/ca-certificates/isofeat"

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from isofeat import __version__
 from isofeat.errors import IsofeatError
-from isofeat.whitelist import Entry, LineError, Policy, parse_entry
+from isofeat.whitelist import Entry, LineError, Policy, collect_layers, merge, parse_entry
 
 #: Where the proxy image expects the rendered folder (mounted read-only).
 CONTAINER_CONF_DIR = "/etc/isofeat/proxy"
@@ -229,6 +229,32 @@ def render(
 
 
 #: Modes of a private render: only its owner, the uid the proxy runs as, may read it.
+def render_layers(
+    files: Sequence[Path],
+    *,
+    defaults: str | None,
+    include_global: bool,
+    environ: Mapping[str, str] = os.environ,
+    upstream: str | None = None,
+    no_upstream: Sequence[str] = (),
+    allow_clients: Sequence[str] = (),
+    max_clients: int = 100,
+) -> tuple[Policy, list[str], Rendered]:
+    """Collect the whitelist layers, merge them and render: the one pipeline behind both
+    ``isofeat init`` and ``isofeat proxy render``. Returns the policy, the layers' labels and
+    the render."""
+    layers = collect_layers(
+        files, defaults=defaults, include_global=include_global, environ=environ
+    )
+    policy = merge(layers)
+    labels = [layer.label for layer in layers]
+    rendered = render(
+        policy, layers=labels, upstream=upstream, no_upstream=no_upstream,
+        allow_clients=allow_clients, max_clients=max_clients,
+    )
+    return policy, labels, rendered
+
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 

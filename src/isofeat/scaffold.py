@@ -7,17 +7,15 @@ What the wrapper adds is what cookiecutter cannot know: it refuses an existing
 ``.devcontainer/`` before asking anything, rejects unknown variables (cookiecutter ignores
 them silently), and never hands cookiecutter a value it would evaluate as a Jinja template.
 
-This module also builds the Dev Container Template (``templates/devcontainer-template/``) from
-the same cookiecutter source: see :func:`devcontainer_template_files`.
+The Dev Container Template (``templates/devcontainer-template/``) is generated from the same
+cookiecutter source by ``scripts/build-devcontainer-template``, in a checkout: not in the wheel.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from isofeat.errors import IsofeatError
@@ -27,7 +25,10 @@ TEMPLATE_DIRECTORY = "templates/isofeat"
 #: The template used when this package does not sit in a repository checkout.
 DEFAULT_TEMPLATE_REPO = "https://github.com/isofeat/isofeat"
 
-#: The variables a user may set, with the values ``isofeat scaffold`` passes when not given.
+#: The variables a user may set: the keys of the template's cookiecutter.json that do not
+#: start with "_". A copy, because a wheel carries no template (it may come from GitHub) and
+#: `isofeat scaffold` must reject an unknown variable before cookiecutter silently drops it;
+#: tests/unit/test_layout.py compares it with cookiecutter.json.
 VARIABLES: tuple[str, ...] = (
     "project_name",
     "base_image",
@@ -239,140 +240,3 @@ def _check_registry_features(devcontainer: Path, *, created: bool) -> None:
         print(f"warning: the Features may not resolve: {problem.message}. If `devcontainer up` "
               f"fails to fetch them, use: {fix}", file=sys.stderr)
         return
-
-
-# --------------------------------------------------------------------------- Dev Container Template
-
-#: Version of the Dev Container Template; bump it when the generated files change meaning.
-DEVCONTAINER_TEMPLATE_VERSION = "1.0.0"
-DEVCONTAINER_TEMPLATE_ID = "isofeat"
-#: Where the generated Dev Container Template lives in the repository.
-DEVCONTAINER_TEMPLATE_DIR = "templates/devcontainer-template"
-
-
-def devcontainer_template_metadata() -> dict[str, object]:
-    """``devcontainer-template.json``: its options are the ``${templateOption:...}`` spots."""
-    return {
-        "id": DEVCONTAINER_TEMPLATE_ID,
-        "version": DEVCONTAINER_TEMPLATE_VERSION,
-        "name": "isofeat sandbox for AI coding agents",
-        "description": (
-            "A dev container in which Claude Code, Codex CLI and Gemini CLI work as a non-root "
-            "user without sudo, on an internal network whose only way out is a deny-by-default "
-            "egress proxy. Needs isofeat on the host (pipx install isofeat): its "
-            "initializeCommand renders the proxy configuration on every open."
-        ),
-        "documentationURL": "https://github.com/isofeat/isofeat/blob/main/docs/template.md",
-        "licenseURL": "https://github.com/isofeat/isofeat/blob/main/LICENSE",
-        "publisher": "isofeat",
-        "options": {
-            "baseImage": {
-                "type": "string",
-                "description": "Base image (Debian or Ubuntu) the isofeat Features are added to.",
-                "proposals": ["isofeat/base:bookworm", "debian:bookworm-slim"],
-                "default": "isofeat/base:bookworm",
-            },
-            "featuresNamespace": {
-                "type": "string",
-                "description": "Registry namespace the isofeat Features are published under.",
-                "proposals": ["ghcr.io/isofeat/features"],
-                "default": "ghcr.io/isofeat/features",
-            },
-            "claude": {"type": "boolean", "description": "Install Claude Code.", "default": True},
-            "codex": {"type": "boolean", "description": "Install Codex CLI.", "default": True},
-            "gemini": {"type": "boolean", "description": "Install Gemini CLI.", "default": True},
-        },
-        "platforms": ["Any"],
-        "optionalPaths": [".devcontainer/compose.override.example.yaml"],
-    }
-
-
-_NOTES = """\
-## Before you open it
-
-Install isofeat on the host (`pipx install isofeat`) and build its images
-(`isofeat image build`). Every open runs `isofeat init` on the host (the `initializeCommand`),
-which renders the egress proxy's configuration and writes `.devcontainer/.env`.
-
-## What you get
-
-`dev`, the agent's container, on an internal network only, without capabilities, sudo or
-IPv6, and `proxy`, which allows the hosts in `.devcontainer/whitelist.txt` (on top of
-isofeat's built-in list) and nothing else. `.devcontainer/` and the git hooks and config are
-mounted read-only in the container. `isofeat doctor` checks all of it at every start.
-
-Docker-in-Docker, extra CA certificates, an upstream proxy and offline (local) Features are
-options of the cookiecutter template this one is generated from: use
-`isofeat scaffold docker_in_docker=yes` (see docs/template.md).
-
-This template is generated by `scripts/build-devcontainer-template` from
-`templates/isofeat/`; edit that, not these files.
-"""
-
-
-def devcontainer_template_files(template_dir: Path | None = None) -> dict[str, bytes]:
-    """Every file of the Dev Container Template, by path relative to its ``src/`` folder.
-
-    Bakes the cookiecutter template with its defaults in "Dev Container Template" mode, in
-    which the option spots render as ``${templateOption:NAME}``.
-    """
-    from cookiecutter.main import cookiecutter
-
-    root = repo_root()
-    if template_dir is None:
-        if root is None:
-            raise IsofeatError(
-                "the Dev Container Template is built from a repository checkout",
-                fix="run scripts/build-devcontainer-template in the isofeat repository",
-            )
-        template_dir = root / TEMPLATE_DIRECTORY
-    with tempfile.TemporaryDirectory(prefix="isofeat-dct-") as tmp:
-        out = Path(tmp)
-        # Cookiecutter's replay file and clone cache go to this temporary folder, and no
-        # ~/.cookiecutterrc can change the defaults.
-        config = out / "cookiecutterrc.yaml"
-        config.write_text(
-            json.dumps({"replay_dir": str(out / "replay"), "cookiecutters_dir": str(out / "cc")})
-        )
-        cookiecutter(
-            str(template_dir),
-            no_input=True,
-            output_dir=str(out / "project"),
-            config_file=str(config),
-            extra_context={"_devcontainer_template": "yes"},
-        )
-        base = out / "project"
-        files = {
-            f"{DEVCONTAINER_TEMPLATE_ID}/{path.relative_to(base).as_posix()}": path.read_bytes()
-            for path in sorted(base.rglob("*"))
-            if path.is_file()
-        }
-    metadata = json.dumps(devcontainer_template_metadata(), indent=4) + "\n"
-    files[f"{DEVCONTAINER_TEMPLATE_ID}/devcontainer-template.json"] = metadata.encode()
-    files[f"{DEVCONTAINER_TEMPLATE_ID}/NOTES.md"] = _NOTES.encode()
-    return dict(sorted(files.items()))
-
-
-def committed_devcontainer_template(src: Path) -> dict[str, bytes]:
-    """The files under ``templates/devcontainer-template/src`` as they are on disk."""
-    return {
-        path.relative_to(src).as_posix(): path.read_bytes()
-        for path in sorted(src.rglob("*"))
-        if path.is_file()
-    }
-
-
-def write_devcontainer_template(src: Path, files: Mapping[str, bytes]) -> list[str]:
-    """Make ``src`` hold exactly ``files``; return the paths that changed."""
-    from isofeat.atomic import write_text
-
-    changed = []
-    current = committed_devcontainer_template(src) if src.is_dir() else {}
-    for rel in sorted(set(current) - set(files)):
-        (src / rel).unlink()
-        changed.append(rel)
-    for rel, data in files.items():
-        if current.get(rel) != data:
-            write_text(src / rel, data.decode("utf-8"))
-            changed.append(rel)
-    return changed

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from isofeat import hostgit
-from isofeat.envinit import env_id_for, project_name, read_settings, state_root
 from isofeat.errors import IsofeatError
 from isofeat.hostgit import HostGit
+from isofeat.layout import SETTINGS_FILE, Environment, env_id_for, project_name
+from isofeat.settings import read_settings
 
 BRANCH_PREFIX = "task/"
 #: Where ``task merge`` puts a task's imported branch in the main repository.
@@ -78,12 +79,12 @@ def task_path(main: HostGit, name: str) -> Path:
 
 
 def _state(path: Path, environ: Mapping[str, str]) -> Path:
-    return state_root(environ) / env_id_for(path)
+    return Environment(path, environ).state_dir
 
 
 def agent_git(path: Path, environ: Mapping[str, str] = os.environ) -> Path:
     """The sandbox's own repository for the worktree at ``path`` (made by isofeat init)."""
-    return _state(path, environ) / "git"
+    return Environment(path, environ).agent_git
 
 
 def _worktrees(main: HostGit) -> list[dict[str, str]]:
@@ -199,9 +200,9 @@ def new(
     log(f"==> creating worktree {path} on {branch} from {base_ref}")
     main.git("worktree", "add", "--quiet", "-b", branch, str(path), base_sha)
     copied: list[str] = []
-    if (main.workspace / ".devcontainer" / "isofeat.json").is_file():
-        copied = copy_listed_files(main.workspace, path,
-                                   read_settings(main.workspace / ".devcontainer").copy_to_tasks)
+    box = Environment(main.workspace, environ).devcontainer
+    if (box / SETTINGS_FILE).is_file():
+        copied = copy_listed_files(main.workspace, path, read_settings(box).copy_to_tasks)
         if copied:
             log(f"==> copied {', '.join(copied)}")
     env_id = env_id_for(path)

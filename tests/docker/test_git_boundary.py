@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from isofeat.envinit import env_id_for, project_name
+from isofeat.layout import env_id_for, project_name
 from isofeat.tasks import remove_environment
 
 from .test_main_job import bake, host_env, need, run_in, up

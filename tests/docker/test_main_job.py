@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from isofeat.envinit import env_id_for, project_name
+from isofeat.layout import env_id_for, project_name
 from isofeat.tasks import remove_environment
 
 pytestmark = pytest.mark.docker

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from isofeat.envinit import env_id_for, project_name
+from isofeat.layout import env_id_for, project_name
 
 from .test_main_job import bake, host_env, need, run_in
 

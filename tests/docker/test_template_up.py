@@ -28,10 +28,11 @@ import jsonschema
 import pytest
 from cookiecutter.main import cookiecutter
 
-from isofeat.envinit import env_id_for, project_name
-from isofeat.scaffold import DEVCONTAINER_TEMPLATE_DIR
+from isofeat.layout import env_id_for, project_name
 
 REPO = Path(__file__).resolve().parents[2]
+# Where scripts/build-devcontainer-template writes the Dev Container Template.
+DEVCONTAINER_TEMPLATE_DIR = "templates/devcontainer-template"
 SCHEMA = REPO / "tests" / "schemas" / "devContainer.base.schema.json"
 
 

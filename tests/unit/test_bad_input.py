@@ -232,3 +232,30 @@ def test_lint_and_show_escape_the_file_name_they_print(
     assert "fix:" in err
     assert _no_raw_controls(out + err), repr(out + err)
     assert "\\x1b[31m" in err and "\\x1b[31m" in out
+
+
+class _Proxy:
+    """Stands in for the docker SDK's container: only the reload's error path is tested here
+    (tests/docker/test_proxy_egress.py reloads a real proxy)."""
+
+    name = "isofeat-x-proxy-1"
+    status = "running"
+
+    def exec_run(self, argv: list[str]) -> tuple[int, bytes]:
+        return 1, b"isofeat-proxy: refusing to start: filter is empty\n\x1b[31mred"
+
+    def reload(self) -> None:
+        pass
+
+
+def test_a_refused_reload_is_one_error_with_the_proxys_words_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from isofeat import proxy_reload
+
+    monkeypatch.setattr(proxy_reload, "find_container", lambda *a: _Proxy())
+    assert main(["proxy", "reload", "--container", "x", "--wait", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("isofeat: error: proxy isofeat-x-proxy-1 refused the new config and "
+                          "keeps its previous rules:\n  isofeat-proxy: refusing to start")
+    assert "\x1b" not in err and "\\x1b[31mred" in err

@@ -195,7 +195,7 @@ def test_after_init_and_a_reload_the_live_env_file_wins_over_the_stale_environme
     deny_anthropic_globally(isolated_home)
     env = init_env(workspace, capsys)
     assert env["ISOFEAT_PROBE_ALLOWED"] != stale
-    monkeypatch.setattr(doctor, "WORKSPACE", workspace)
+    monkeypatch.setenv("ISOFEAT_WORKSPACE", str(workspace))
     proxy = proxy_for(Path(env["ISOFEAT_PROXY_CONF"].strip("'")) / "filter")
     environ = {"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}", "ISOFEAT_PROBE_ALLOWED": stale}
     check = doctor.check_allowed_name(environ)

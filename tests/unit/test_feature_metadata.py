@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -29,7 +30,21 @@ SRC = REPO / "features" / "src"
 TESTS = REPO / "features" / "test"
 SCHEMAS = REPO / "tests" / "schemas"
 SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
-FEATURE_IDS = ("agent-team", "ai-agents", "egress-proxy", "isofeat", "sandbox-user")
+
+
+def _hook_features() -> tuple[str, ...]:
+    """The template's pre_gen hook lists the Feature ids (it needs them without isofeat)."""
+    hook = REPO / "templates" / "isofeat" / "hooks" / "pre_gen_project.py"
+    for node in ast.parse(hook.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == [
+            "FEATURES"
+        ]:
+            return tuple(sorted(ast.literal_eval(node.value)))
+    raise AssertionError("pre_gen_project.py has no FEATURES")
+
+
+# test_the_five_features_and_nothing_else compares them with the folders in features/src.
+FEATURE_IDS = _hook_features()
 # STYLE.md: the keys we use, in this order; anything else (lifecycle hooks) comes after.
 KEY_ORDER = (
     "id",
@@ -89,6 +104,7 @@ def as_env_value(value: object) -> str:
 
 
 def test_the_five_features_and_nothing_else() -> None:
+    assert len(FEATURE_IDS) == 5
     assert sorted(p.name for p in SRC.iterdir() if p.is_dir()) == list(FEATURE_IDS)
     assert sorted(p.name for p in TESTS.iterdir() if p.is_dir()) == sorted(
         [*FEATURE_IDS, "_global"]

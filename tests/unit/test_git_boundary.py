@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from isofeat.cli import main
-from isofeat.envinit import env_id_for
+from isofeat.layout import env_id_for
 
 
 def git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:

@@ -183,7 +183,7 @@ def test_env_ids_are_stable_across_processes(home: Path, tmp_path: Path) -> None
     ws = project(tmp_path / "p")
     ids = {
         subprocess.run(
-            [sys.executable, "-c", "import sys; from isofeat.envinit import env_id_for; "
+            [sys.executable, "-c", "import sys; from isofeat.layout import env_id_for; "
              "from pathlib import Path; print(env_id_for(Path(sys.argv[1])))", str(ws)],
             capture_output=True, text=True, check=True, env=dict(os.environ),
         ).stdout

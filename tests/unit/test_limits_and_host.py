@@ -16,7 +16,8 @@ import pytest
 import yaml
 from cookiecutter.main import cookiecutter
 
-from isofeat import doctor, envinit
+from isofeat import doctor
+from isofeat import settings as project_settings
 from isofeat.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,19 +49,19 @@ def init(project: Path) -> dict[str, str]:
 
 def test_every_copy_of_a_default_limit_agrees() -> None:
     cookie = json.loads((TEMPLATE / "cookiecutter.json").read_text())
-    assert cookie["pids_limit"] == str(envinit.DEFAULT_PIDS_LIMIT)
-    assert cookie["mem_limit"] == envinit.DEFAULT_MEMORY
-    assert cookie["cpus"] == envinit.DEFAULT_CPUS
+    assert cookie["pids_limit"] == str(project_settings.DEFAULT_PIDS_LIMIT)
+    assert cookie["mem_limit"] == project_settings.DEFAULT_MEMORY
+    assert cookie["cpus"] == project_settings.DEFAULT_CPUS
     for path in (COMPOSE, DIND):
         text = path.read_text()
-        assert f"pids_limit: ${{ISOFEAT_PIDS_LIMIT:-{envinit.DEFAULT_PIDS_LIMIT}}}" in text
-        assert f"mem_limit: ${{ISOFEAT_MEM_LIMIT:-{envinit.DEFAULT_MEMORY}}}" in text
-        assert f"memswap_limit: ${{ISOFEAT_MEM_LIMIT:-{envinit.DEFAULT_MEMORY}}}" in text
+        assert f"pids_limit: ${{ISOFEAT_PIDS_LIMIT:-{project_settings.DEFAULT_PIDS_LIMIT}}}" in text
+        assert f"mem_limit: ${{ISOFEAT_MEM_LIMIT:-{project_settings.DEFAULT_MEMORY}}}" in text
+        assert f"memswap_limit: ${{ISOFEAT_MEM_LIMIT:-{project_settings.DEFAULT_MEMORY}}}" in text
         # Compose cannot compute "auto"; its fallback is what auto gives on a 2-CPU machine.
-        assert f"cpus: ${{ISOFEAT_CPUS:-{envinit.resolve_cpus('auto', 2)}}}" in text
+        assert f"cpus: ${{ISOFEAT_CPUS:-{project_settings.resolve_cpus('auto', 2)}}}" in text
     example = ENV_EXAMPLE.read_text()
-    assert f"ISOFEAT_PIDS_LIMIT={envinit.DEFAULT_PIDS_LIMIT}\n" in example
-    assert f"ISOFEAT_MEM_LIMIT={envinit.DEFAULT_MEMORY}\n" in example
+    assert f"ISOFEAT_PIDS_LIMIT={project_settings.DEFAULT_PIDS_LIMIT}\n" in example
+    assert f"ISOFEAT_MEM_LIMIT={project_settings.DEFAULT_MEMORY}\n" in example
 
 
 def test_template_defaults_reach_env_and_compose(baked: Path) -> None:
@@ -70,7 +71,7 @@ def test_template_defaults_reach_env_and_compose(baked: Path) -> None:
     env = init(baked)
     assert env["ISOFEAT_PIDS_LIMIT"] == "2048"
     assert env["ISOFEAT_MEM_LIMIT"] == "4g"
-    assert env["ISOFEAT_CPUS"] == envinit.resolve_cpus("auto", os.cpu_count())
+    assert env["ISOFEAT_CPUS"] == project_settings.resolve_cpus("auto", os.cpu_count())
     assert env["ISOFEAT_ALLOW_HOST_ACCESS"] == "0"
     spec = yaml.safe_load((baked / ".devcontainer" / "compose.yaml").read_text())
     dev, proxy = spec["services"]["dev"], spec["services"]["proxy"]
@@ -118,7 +119,7 @@ def test_isofeat_json_limits_and_host_access_reach_env(baked: Path) -> None:
      ("1.5", 4, "1.5"), ("8", 2, "2"), ("0.25", 2, "0.25")],
 )  # fmt: skip
 def test_cpus_resolve_on_the_host(cpus: str, host: int | None, want: str) -> None:
-    assert envinit.resolve_cpus(cpus, host) == want
+    assert project_settings.resolve_cpus(cpus, host) == want
 
 
 @pytest.mark.parametrize(

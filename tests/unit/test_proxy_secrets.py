@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from isofeat import envinit
+from isofeat import init as isofeat_init
 from isofeat.cli import main
+from isofeat.layout import SANDBOX_GID, SANDBOX_UID
 
 SECRET = "s3cret-pw"  # noqa: S105 (a test value, to find it in files)
 UPSTREAM = f"socks5://corp-user:{SECRET}@proxy.corp.test:1080"
@@ -57,7 +58,7 @@ def test_init_keeps_the_credentials_private_to_the_proxy_user(
 ) -> None:
     result = run_init(workspace, capsys)
     state = Path(str(result["state_dir"]))
-    want = envinit.proxy_owner()
+    want = isofeat_init.proxy_owner()
     assert mode(state) == 0o700
     for name in ("proxy", "dind-proxy"):
         folder = state / name
@@ -76,12 +77,12 @@ def test_root_hands_the_render_to_an_unprivileged_uid_others_keep_their_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert envinit.proxy_owner() == (envinit.PROXY_UID, envinit.PROXY_GID)
-    assert envinit.PROXY_UID not in (0, 1000, 1001, envinit.SANDBOX_GID)
+    assert isofeat_init.proxy_owner() == (isofeat_init.PROXY_UID, isofeat_init.PROXY_GID)
+    assert isofeat_init.PROXY_UID not in (0, 1000, SANDBOX_UID, SANDBOX_GID)
     monkeypatch.setattr(os, "geteuid", lambda: 1234)
     monkeypatch.setattr(os, "getuid", lambda: 1234)
     monkeypatch.setattr(os, "getgid", lambda: 1234)
-    assert envinit.proxy_owner() == (1234, 1234)
+    assert isofeat_init.proxy_owner() == (1234, 1234)
 
 
 def test_rootless_docker_runs_the_proxy_as_container_root_which_is_the_user(
@@ -91,8 +92,8 @@ def test_rootless_docker_runs_the_proxy_as_container_root_which_is_the_user(
     monkeypatch.setattr(os, "getuid", lambda: 1234)
     monkeypatch.setattr(os, "getgid", lambda: 1234)
     rootless = {"DOCKER_HOST": "unix:///run/user/1234/docker.sock"}
-    assert envinit.proxy_container_user(rootless) == "0:0"
-    assert envinit.proxy_container_user({}) == "1234:1234"
+    assert isofeat_init.proxy_container_user(rootless) == "0:0"
+    assert isofeat_init.proxy_container_user({}) == "1234:1234"
 
 
 def test_a_render_left_world_readable_is_tightened_on_the_next_open(

@@ -29,16 +29,31 @@ from cookiecutter.exceptions import FailedHookException, OutputDirExistsExceptio
 from cookiecutter.main import cookiecutter
 
 from isofeat.cli import main
-from isofeat.envinit import read_settings
-from isofeat.scaffold import (
-    DEVCONTAINER_TEMPLATE_DIR,
-    committed_devcontainer_template,
-    devcontainer_template_files,
-    devcontainer_template_metadata,
-)
+from isofeat.settings import read_settings
 from isofeat.whitelist import parse_text
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _generator() -> Any:
+    """scripts/build-devcontainer-template, loaded as a module (it is not in the wheel)."""
+    import importlib.machinery
+    import importlib.util
+
+    path = REPO / "scripts" / "build-devcontainer-template"
+    loader = importlib.machinery.SourceFileLoader("build_devcontainer_template", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+_GEN = _generator()
+DEVCONTAINER_TEMPLATE_DIR: str = _GEN.DEVCONTAINER_TEMPLATE_DIR
+committed_devcontainer_template = _GEN.committed_devcontainer_template
+devcontainer_template_files = _GEN.devcontainer_template_files
+devcontainer_template_metadata = _GEN.devcontainer_template_metadata
 TEMPLATE = REPO / "templates" / "isofeat"
 SCHEMA = REPO / "tests" / "schemas" / "devContainer.base.schema.json"
 FEATURE_IDS = ("sandbox-user", "isofeat", "ai-agents", "agent-team", "egress-proxy")
@@ -284,7 +299,7 @@ def test_compose_accepts_every_key_of_env_example_and_refuses_to_run_without_env
 
 
 def test_env_example_documents_exactly_the_keys_isofeat_init_writes(project: Path) -> None:
-    from isofeat.envinit import init
+    from isofeat.init import init
 
     devcontainer = bake(project)
     subprocess.run(["git", "init", "-q", str(project)], check=True)
@@ -779,6 +794,16 @@ def test_committed_devcontainer_template_matches_the_generator() -> None:
         k for k in set(committed) | set(generated) if committed.get(k) != generated.get(k)
     )
     assert differ == [], "run scripts/build-devcontainer-template"
+
+
+def test_build_devcontainer_template_check_passes_and_the_wheel_has_no_generator() -> None:
+    script = REPO / "scripts" / "build-devcontainer-template"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    from isofeat import scaffold
+
+    assert not hasattr(scaffold, "devcontainer_template_files")
 
 
 def _apply_defaults(text: str, options: dict[str, Any]) -> str:

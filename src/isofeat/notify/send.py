@@ -146,15 +146,17 @@ def send(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> int:
-    """The ``send`` verb. In hook mode every failure exits 1, never 2 (see module doc)."""
+    """The ``send`` verb. In hook mode every :class:`IsofeatError` carries exit code 1,
+    never 2 (see module doc)."""
     err = stderr or sys.stderr
     if from_hook is None:
         return _send(urgency, title, message, None, as_json, environ, stdin, stdout, err)
     try:
         return _send(urgency, title, message, from_hook, as_json, environ, stdin, stdout, err)
     except IsofeatError as problem:
-        print(f"isofeat notify send: {problem}", file=err)
-        return EXIT_HOOK_FAILED
+        # The same message, on the CLI's one error path, with the exit code hooks need.
+        raise IsofeatError(problem.message, fix=problem.fix, lines=problem.lines,
+                           code=EXIT_HOOK_FAILED) from None
 
 
 def _send(

@@ -24,29 +24,13 @@ from pathlib import Path
 # The answers, as JSON inside a raw ''' string: Jinja's tojson writes every ' as \u0027, so no
 # value can end the string, and the file is valid Python before and after rendering.
 CONTEXT = json.loads(r'''{{ cookiecutter | tojson }}''')  # fmt: skip
-VARIABLES = (
-    "project_name",
-    "base_image",
-    "agents",
-    "docker_in_docker",
-    "extra_whitelist",
-    "upstream_proxy",
-    "no_upstream",
-    "extra_ca_certs",
-    "features_source",
-    "features_oci_namespace",
-    "features_version",
-    "pids_limit",
-    "mem_limit",
-    "cpus",
-    "__devcontainer_dir",
-    "_force",
-    "_devcontainer_template",
-)
-VALUES = {name: CONTEXT.get(name) for name in VARIABLES}
+# Every variable of cookiecutter.json, answered: that file is their one list.
+VALUES = CONTEXT
 OUTPUT_DIR = Path(CONTEXT["_output_dir"])
 
 
+# isofeat.agents.AGENTS is the table; the hook runs where isofeat may not be importable, so it
+# keeps the names, and tests/unit/test_layout.py compares them with every other copy.
 AGENTS = ("claude", "codex", "gemini")
 FEATURES = ("sandbox-user", "egress-proxy", "ai-agents", "agent-team", "isofeat")
 # What the template writes; an existing file of these names is what "force" replaces.
@@ -173,7 +157,7 @@ def check_agents() -> None:
         error(
             "agents",
             f"unknown agent(s) {', '.join(repr(a) for a in unknown) or repr(value)}",
-            "list some of claude, codex, gemini separated by commas, or write none",
+            f"list some of {', '.join(AGENTS)} separated by commas, or write none",
         )
 
 
@@ -347,7 +331,7 @@ def check_dind() -> None:
 
 
 def check_limits() -> None:
-    """The same rules as isofeat init's reading of isofeat.json "limits" (envinit)."""
+    """The same rules as isofeat init's reading of isofeat.json "limits" (isofeat.settings)."""
     pids = text("pids_limit").strip()
     if not (pids.isdigit() and 64 <= int(pids) <= 4_194_304):
         error("pids_limit", f"{pids!r} is not a whole number from 64", "write e.g. 2048")

@@ -1,4 +1,4 @@
-"""``isofeat run {claude,codex,gemini} [ARGS]``."""
+"""``isofeat run AGENT [ARGS]``: an agent of :data:`isofeat.agents.AGENTS`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "run",
         help="launch an agent with prompts off, only in a sandbox that passes its self-test",
         description="Runs the sandbox self-test, then execs the agent with its no-prompt flag "
-        "(claude --dangerously-skip-permissions, codex --dangerously-bypass-approvals-and-"
-        "sandbox, gemini --yolo). Refuses outside an isofeat sandbox.",
+        f"({', '.join(' '.join(command) for command in AGENTS.values())}). Refuses outside an "
+        "isofeat sandbox.",
     )
     p.add_argument("agent", choices=sorted(AGENTS))
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the agent")

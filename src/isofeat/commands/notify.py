@@ -6,9 +6,9 @@ hooks, and nothing here may pull in jsonschema or watchdog for it.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
-from typing import Any
 
 # The package's __init__ is light (stdlib only); the send/watch modules are not imported here.
 from isofeat import argtypes
@@ -39,7 +39,7 @@ def watch_verb(root: str | None, backend: str, once: bool, as_json: bool) -> int
     return watch(folder, backend, once=once, as_json=as_json)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     notify = subparsers.add_parser(
         "notify",
         help="notifications from sandboxes to the host",

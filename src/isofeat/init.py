@@ -19,66 +19,28 @@ What it does, for the worktree it is given:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from isofeat import __version__, hostgit
+from isofeat import __version__, hostgit, layout
 from isofeat.errors import IsofeatError
 from isofeat.hostgit import HostGit
+from isofeat.layout import NO_GIT_TARGET, NO_POINTER_TARGET, SANDBOX_GID, Environment
+from isofeat.settings import Settings, read_settings, resolve_cpus
 
 # Not typing.TYPE_CHECKING: importing typing costs init a few percent of its time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # whitelist is imported only when a render is needed
     from isofeat.whitelist import Policy
 
-#: The sandbox group shared by the host user and the container user.
-SANDBOX_GID = 2000
-SETTINGS_FILE = "isofeat.json"
-ENV_FILE = ".env"
-NO_GIT_TARGET = "/run/isofeat/no-git"
-NO_POINTER_TARGET = "/run/isofeat/no-git-pointer"
 DIND_POOL = (10, 213)  # DinD subnets are 10.213.X.0/24, X chosen by the environment id
 #: The uid and gid both proxies run as when init runs as root: unprivileged, and neither the
 #: sandbox user (1001, group 2000) nor the DinD engine's (1000), so the agent's uid can never
 #: read the render. A non-root host user cannot give files away: then the proxies run as
 #: that user's own uid and gid (see :func:`proxy_owner`).
 PROXY_UID = PROXY_GID = 2888
-#: Resource limits of `dev` (and of the DinD engine), per container, when isofeat.json has
-#: none. cookiecutter.json and compose.yaml's ${VAR:-default} repeat them; a test compares.
-DEFAULT_PIDS_LIMIT = 2048
-DEFAULT_MEMORY = "4g"
-#: "auto": every CPU of the host but one, at least one (init resolves it on the host).
-DEFAULT_CPUS = "auto"
-MIN_PIDS_LIMIT = 64
-_MEMORY = re.compile(r"([1-9][0-9]*)([kmg])\Z")
-_MIN_MEMORY_BYTES = 64 * 2**20
-
-
-class Settings:
-    """Project settings from ``.devcontainer/isofeat.json`` (written by the template)."""
-
-    # A plain class, not a dataclass: importing dataclasses costs init a tenth of its time.
-    def __init__(
-        self, docker_in_docker: bool = False, upstream: str | None = None,
-        no_upstream: tuple[str, ...] = (), copy_to_tasks: tuple[str, ...] = (),
-        allow_host_access: bool = False, pids_limit: int = DEFAULT_PIDS_LIMIT,
-        memory: str = DEFAULT_MEMORY, cpus: str = DEFAULT_CPUS,
-    ) -> None:
-        self.docker_in_docker = docker_in_docker
-        self.upstream = upstream
-        self.no_upstream = no_upstream
-        self.copy_to_tasks = copy_to_tasks  # untracked files `isofeat task new` copies
-        # The user accepts that the sandbox reaches the host (Docker Desktop): doctor passes.
-        self.allow_host_access = allow_host_access
-        self.pids_limit = pids_limit
-        self.memory = memory  # Docker's notation: 4g, 512m
-        self.cpus = cpus  # "auto" or a number of CPUs as text ("1.5")
-
-    def __repr__(self) -> str:
-        return f"Settings({self.docker_in_docker!r}, {self.upstream!r}, {self.no_upstream!r})"
 
 
 class GitMounts:
@@ -93,123 +55,7 @@ class GitMounts:
         self.created = created
 
 
-def env_id_for(workspace: Path) -> str:
-    """``<slug of the folder name>-<10 hex of sha256(real path)>``: stable and unique."""
-    real = os.path.realpath(workspace)
-    slug = re.sub(r"[^a-z0-9]+", "-", os.path.basename(real).lower()).strip("-")[:40] or "env"
-    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    return f"{slug}-{digest}"
-
-
-def project_name(env_id: str) -> str:
-    return f"isofeat-{env_id}"
-
-
-def state_root(environ: Mapping[str, str]) -> Path:
-    from isofeat.envvars import HOME, XDG_STATE_HOME
-
-    base = environ.get(XDG_STATE_HOME) or str(
-        Path(environ.get(HOME, "~")).expanduser() / ".local" / "state"
-    )
-    return Path(base) / "isofeat" / "envs"
-
-
-def read_settings(devcontainer: Path) -> Settings:
-    path = devcontainer / SETTINGS_FILE
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Settings()
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise IsofeatError(
-            f"{path}:{err.lineno}: not valid JSON: {err.msg}",
-            fix="fix the JSON syntax (no comments or trailing commas in this file)",
-        ) from None
-    if not isinstance(data, dict):
-        raise IsofeatError(
-            f"{path}:1: expected a JSON object", fix='write {} (or {"upstream": null})'
-        )
-    known = {"dockerInDocker", "upstream", "noUpstream", "extraCaCerts", "copyToTasks"}
-    known |= {"allowHostAccess", "limits"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise IsofeatError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}",
-            fix=f"use only {', '.join(sorted(known))}",
-        )
-    dind = data.get("dockerInDocker", False)
-    upstream = data.get("upstream")
-    no_upstream = data.get("noUpstream", [])
-    if not isinstance(dind, bool):
-        raise IsofeatError(
-            f"{path}: dockerInDocker must be true or false", fix="write true or false"
-        )
-    if upstream is not None and not isinstance(upstream, str):
-        raise IsofeatError(f"{path}: upstream must be a string or null",
-                           fix='write "socks5://HOST:PORT", "http://HOST:PORT" or null')
-    if not isinstance(no_upstream, list) or not all(isinstance(d, str) for d in no_upstream):
-        raise IsofeatError(f"{path}: noUpstream must be a list of domains",
-                           fix='write ["internal.example.com"]')
-    copy = data.get("copyToTasks", [])
-    if not isinstance(copy, list) or not all(isinstance(c, str) for c in copy):
-        raise IsofeatError(f"{path}: copyToTasks must be a list of paths", fix='write [".env"]')
-    allow_host = data.get("allowHostAccess", False)
-    if not isinstance(allow_host, bool):
-        raise IsofeatError(f"{path}: allowHostAccess must be true or false",
-                           fix="write false (the default), or true to accept that the sandbox "
-                               "reaches the host (docs/threat-model.md)")
-    pids, memory, cpus = _read_limits(path, data.get("limits", {}))
-    return Settings(dind, upstream or None, tuple(no_upstream), tuple(copy),
-                    allow_host_access=allow_host, pids_limit=pids, memory=memory, cpus=cpus)
-
-
-def _read_limits(path: Path, limits: object) -> tuple[int, str, str]:
-    """``"limits": {"pids": 2048, "memory": "4g", "cpus": "auto"}``, each optional."""
-    fix = 'write e.g. "limits": {"pids": 2048, "memory": "4g", "cpus": "auto"}'
-    if not isinstance(limits, dict):
-        raise IsofeatError(f"{path}: limits must be an object", fix=fix)
-    unknown = sorted(set(limits) - {"pids", "memory", "cpus"})
-    if unknown:
-        raise IsofeatError(f"{path}: unknown limit(s) {', '.join(unknown)}",
-                           fix="use only pids, memory and cpus")
-    pids = limits.get("pids", DEFAULT_PIDS_LIMIT)
-    if isinstance(pids, bool) or not isinstance(pids, int) or pids < MIN_PIDS_LIMIT:
-        raise IsofeatError(f"{path}: limits.pids must be a whole number of at least "
-                           f"{MIN_PIDS_LIMIT}, not {pids!r}", fix=fix)
-    memory = limits.get("memory", DEFAULT_MEMORY)
-    match = _MEMORY.match(memory) if isinstance(memory, str) else None
-    if match is None or memory_bytes(memory) < _MIN_MEMORY_BYTES:
-        raise IsofeatError(f"{path}: limits.memory must be like 4g or 512m (at least 64m), "
-                           f"not {memory!r}", fix=fix)
-    cpus = limits.get("cpus", DEFAULT_CPUS)
-    if cpus != "auto" and (isinstance(cpus, bool) or not isinstance(cpus, (int, float))
-                           or not 0.1 <= cpus <= 1024):
-        raise IsofeatError(f'{path}: limits.cpus must be "auto" or a number from 0.1, '
-                           f"not {cpus!r}", fix=fix)
-    return pids, str(memory), str(cpus)
-
-
-def memory_bytes(memory: str) -> int:
-    """``4g`` -> bytes (Docker's binary units)."""
-    match = _MEMORY.match(memory)
-    if match is None:
-        raise ValueError(memory)
-    return int(match.group(1)) << {"k": 10, "m": 20, "g": 30}[match.group(2)]
-
-
-def resolve_cpus(cpus: str, host_cpus: int | None) -> str:
-    """What compose gets: "auto" is every CPU of this host but one (at least one); a number is
-    capped at the host's count, because Docker refuses a container more CPUs than exist."""
-    count = max(1, host_cpus or 1)
-    if cpus == "auto":
-        return str(max(1, count - 1))
-    value = min(float(cpus), float(count))
-    return f"{value:g}"
-
-
-def git_mounts(host: HostGit | None, state: Path) -> GitMounts:
+def git_mounts(host: HostGit | None, env: Environment) -> GitMounts:
     """Verify the workspace's git, make the agent's own repository once, and say what to mount.
 
     The user's ``.git`` never reaches the container: ``/workspace/.git`` is a mount of the
@@ -217,23 +63,22 @@ def git_mounts(host: HostGit | None, state: Path) -> GitMounts:
     inside. For a task worktree, whose ``.git`` is a file, a read-only pointer file is mounted
     over it instead and leads to the agent's repository. See hostgit.py for the trust split.
     """
-    from isofeat import hostgit
-
+    state = env.state_dir
     none = state / "no-git"
     none.mkdir(parents=True, exist_ok=True)
     if host is None:
         return GitMounts(git_dir=str(none), git_dir_target=NO_GIT_TARGET, pointer=str(none),
                          pointer_target=NO_POINTER_TARGET, objects=str(none))
-    agent = state / "git"
+    agent = env.agent_git
     created = hostgit.create_agent_git(host, agent, SANDBOX_GID)
     if not host.linked:
-        return GitMounts(git_dir=str(agent), git_dir_target="/workspace/.git",
+        return GitMounts(git_dir=str(agent), git_dir_target=f"{layout.WORKSPACE_TARGET}/.git",
                          pointer=str(none), pointer_target=NO_POINTER_TARGET,
                          objects=str(host.objects), created=created)
     pointer = state / "git-pointer"
     _write_if_changed(pointer, hostgit.pointer_text())
     return GitMounts(git_dir=str(agent), git_dir_target=hostgit.AGENT_GIT_TARGET,
-                     pointer=str(pointer), pointer_target="/workspace/.git",
+                     pointer=str(pointer), pointer_target=f"{layout.WORKSPACE_TARGET}/.git",
                      objects=str(host.objects), created=created)
 
 
@@ -422,16 +267,11 @@ def _render_proxy(
         pass
 
     from isofeat import proxy_render
-    from isofeat.whitelist import collect_layers, merge
 
-    layers = collect_layers(
+    policy, _, rendered = proxy_render.render_layers(
         [project_file] if project_file.is_file() else [],
         defaults=defaults, include_global=True, environ=environ,
-    )
-    policy = merge(layers)
-    rendered = proxy_render.render(
-        policy, layers=[layer.label for layer in layers], upstream=settings.upstream,
-        no_upstream=settings.no_upstream, allow_clients=allow_clients,
+        upstream=settings.upstream, no_upstream=settings.no_upstream, allow_clients=allow_clients,
     )
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Folder first: the credentials must never sit in a folder others can enter.
@@ -450,7 +290,8 @@ def init(
     from isofeat.notify import ensure_env_notify_dir
 
     workspace = workspace.resolve()
-    devcontainer = workspace / ".devcontainer"
+    env = Environment(workspace, environ)
+    devcontainer = env.devcontainer
     if not devcontainer.is_dir():
         raise IsofeatError(
             f"{workspace}: has no .devcontainer/ folder",
@@ -459,8 +300,8 @@ def init(
     settings = read_settings(devcontainer)
     # Before anything is written: a workspace whose git the user does not own stops here.
     host = hostgit.verify(workspace)
-    env_id = env_id_for(workspace)
-    state = state_root(environ) / env_id
+    env_id = env.env_id
+    state = env.state_dir
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     # It holds the proxies' renders (upstream credentials): the user's alone.
     state.chmod(0o700)
@@ -476,35 +317,35 @@ def init(
         notify = ensure_env_notify_dir(env_id, environ, mode=0o1777)
         notify_mode = "world-sticky"
 
-    git = git_mounts(host, state)
+    git = git_mounts(host, env)
     shared = "not asked (--no-share)"
     if share:
         shared = share_with_sandbox(workspace)
     subnet = dind_subnet(env_id)
     sandbox_entries, probe_allowed, probe_denied = _render_proxy(
-        state / "proxy", defaults="sandbox", project_file=devcontainer / "whitelist.txt",
+        env.proxy_dir, defaults="sandbox", project_file=devcontainer / "whitelist.txt",
         settings=settings, allow_clients=(), environ=environ,
     )
     dind_entries, _, _ = _render_proxy(
-        state / "dind-proxy", defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
+        env.dind_proxy_dir, defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
         # Loopback too: the image's healthcheck must meet the filter, not the ACL's refusal.
         settings=settings, allow_clients=(subnet, "127.0.0.1/32"), environ=environ,
     )
     values = {
-        "COMPOSE_PROJECT_NAME": project_name(env_id),
+        "COMPOSE_PROJECT_NAME": env.project,
         "ISOFEAT_ENV_ID": env_id,
         "ISOFEAT_VERSION": __version__,
         "ISOFEAT_STATE_DIR": str(state),
-        "ISOFEAT_PROXY_CONF": str(state / "proxy"),
-        "ISOFEAT_DIND_PROXY_CONF": str(state / "dind-proxy"),
+        "ISOFEAT_PROXY_CONF": str(env.proxy_dir),
+        "ISOFEAT_DIND_PROXY_CONF": str(env.dind_proxy_dir),
         "ISOFEAT_NOTIFY_HOST_DIR": str(notify),
         "ISOFEAT_GIT_DIR": git.git_dir,
         "ISOFEAT_GIT_DIR_TARGET": git.git_dir_target,
         "ISOFEAT_GIT_POINTER": git.pointer,
         "ISOFEAT_GIT_POINTER_TARGET": git.pointer_target,
         "ISOFEAT_GIT_OBJECTS": git.objects,
-        "ISOFEAT_PROXY_IMAGE": f"isofeat/proxy:{__version__}",
-        "ISOFEAT_DIND_IMAGE": f"isofeat/dind:{__version__}",
+        "ISOFEAT_PROXY_IMAGE": layout.PROXY_IMAGE,
+        "ISOFEAT_DIND_IMAGE": layout.DIND_IMAGE,
         "ISOFEAT_DIND_SUBNET": subnet,
         # Both proxies run as the owner of their 0600 renders (compose.yaml `user:`).
         "ISOFEAT_PROXY_USER": proxy_container_user(environ),
@@ -522,12 +363,12 @@ def init(
                                fix="move the project to a path without line breaks")
     text = "# Written by `isofeat init` on every open; do not edit (see .env.example).\n"
     text += "".join(f"{key}={_quote(value)}\n" for key, value in values.items())
-    env_path = devcontainer / ENV_FILE
+    env_path = devcontainer / layout.ENV_FILE
     changed = _write_if_changed(env_path, text)
     return {
         "workspace": str(workspace),
         "env_id": env_id,
-        "project": project_name(env_id),
+        "project": env.project,
         "state_dir": str(state),
         "env_file": str(env_path),
         "notify_dir": str(notify),

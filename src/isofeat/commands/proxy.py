@@ -1,4 +1,4 @@
-"""``isofeat proxy {render,reload}`` and ``isofeat egress log``."""
+"""``isofeat proxy {render,reload}``."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from isofeat import argtypes
-from isofeat.commands_whitelist import add_layer_options
-from isofeat.errors import EXIT_DENIED, EXIT_OK, IsofeatError
-from isofeat.whitelist import collect_layers, merge
+from isofeat.commands._options import add_layer_options, layer_defaults
+from isofeat.errors import EXIT_OK, IsofeatError
 
 
 def render(
@@ -36,16 +34,9 @@ def render(
     """
     from isofeat import proxy_render
 
-    layers = collect_layers(
-        files, defaults=defaults, include_global=include_global, environ=environ
-    )
-    policy = merge(layers)
-    rendered = proxy_render.render(
-        policy,
-        layers=[layer.label for layer in layers],
-        upstream=upstream,
-        no_upstream=no_upstream,
-        allow_clients=allow_clients,
+    policy, layers, rendered = proxy_render.render_layers(
+        files, defaults=defaults, include_global=include_global, environ=environ,
+        upstream=upstream, no_upstream=no_upstream, allow_clients=allow_clients,
         max_clients=max_clients,
     )
     if out.exists() and not out.is_dir():
@@ -67,7 +58,7 @@ def render(
         "entries": len(policy.entries),
         "rules": rendered.rule_count,
         "connect_ports": rendered.connect_ports,
-        "layers": [layer.label for layer in layers],
+        "layers": layers,
         # Who the proxy must run as to read a private render; None: any uid may.
         "proxy_user": f"{uid}:{gid}" if private else None,
     }
@@ -86,84 +77,11 @@ def render(
     return EXIT_OK
 
 
-def _find_container(container: str | None, project: str | None, service: str) -> object:
-    import docker
-
-    client = docker.from_env()
-    if container:
-        try:
-            return client.containers.get(container)
-        except docker.errors.NotFound:
-            raise IsofeatError(f"no container {container!r}", fix="see `docker ps`") from None
-    if not project:
-        raise IsofeatError("say which proxy to reload", fix="pass --container NAME or --project P")
-    # Compose v1 and v2 name containers differently; the labels are the same in both.
-    found = client.containers.list(
-        filters={
-            "label": [
-                f"com.docker.compose.project={project}",
-                f"com.docker.compose.service={service}",
-            ]
-        }
-    )
-    if len(found) != 1:
-        raise IsofeatError(
-            f"expected one running {service!r} container in project {project!r}, "
-            f"found {len(found)}",
-            fix="check `docker compose -p PROJECT ps`",
-        )
-    return found[0]
-
-
-ENTRYPOINT = "/usr/local/lib/isofeat/proxy-entrypoint"
-
-
 def reload(container: str | None, project: str | None, service: str, wait: float) -> int:
-    """Make a running proxy re-read its config and filter, after checking them.
+    """Make a running proxy re-read its config and filter (see :mod:`isofeat.proxy_reload`)."""
+    from isofeat.proxy_reload import reload as reload_proxy
 
-    The image's entrypoint validates the mounted config exactly as at start (deny by default,
-    ERE, URL filtering, a non-empty filter of valid, anchored-length rules) and only then
-    sends SIGUSR1, on which tinyproxy re-reads both in place. A config that fails the checks
-    is not applied: the proxy keeps its previous rules, and this command exits 1.
-    """
-    target = _find_container(container, project, service)
-    name = target.name  # type: ignore[attr-defined]  # docker SDK is untyped
-    # As the container's own user (no `user=`): that is who can read a private render, and
-    # who may signal tinyproxy (compose runs it as ISOFEAT_PROXY_USER, not as `tinyproxy`).
-    code, output = target.exec_run([ENTRYPOINT, "--reload"])  # type: ignore[attr-defined]
-    text = output.decode("utf-8", "replace").strip()
-    if code != 0:
-        print(f"isofeat: proxy {name} refused the new config and keeps its previous rules:\n"
-              f"{text}", file=sys.stderr)
-        return EXIT_DENIED
-    time.sleep(wait)
-    target.reload()  # type: ignore[attr-defined]
-    status = target.status  # type: ignore[attr-defined]
-    if status != "running":
-        tail = target.logs(tail=5).decode("utf-8", "replace")  # type: ignore[attr-defined]
-        print(f"isofeat: proxy {name} stopped after reload ({status}); no traffic passes:\n"
-              f"{tail}", file=sys.stderr)
-        return EXIT_DENIED
-    print(f"reloaded {name}")
-    return EXIT_OK
-
-
-def egress_log(source: str, container: str | None, denied_only: bool, as_json: bool) -> int:
-    """List destinations from a proxy log, with allowed and denied counts."""
-    from isofeat.egress_log import read_log, safe, summarise
-
-    records = summarise(read_log(source, container))
-    if denied_only:
-        records = [r for r in records if r.denied]
-    if as_json:
-        print(json.dumps([r.as_dict() for r in records], indent=2))
-        return EXIT_OK
-    if not records:
-        print("no requests in the log" + (" were denied" if denied_only else ""), file=sys.stderr)
-        return EXIT_OK
-    print(f"{'DENIED':>7} {'ALLOWED':>7}  {'MODE':<7} DESTINATION")
-    for r in records:
-        print(f"{r.denied:>7} {r.allowed:>7}  {r.mode.upper():<7} {safe(r.host)}:{r.port}")
+    print(f"reloaded {reload_proxy(container, project, service, wait)}")
     return EXIT_OK
 
 
@@ -218,7 +136,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(
         func=lambda a: render(
             a.whitelist,
-            None if a.defaults == "none" else a.defaults,
+            layer_defaults(a.defaults),
             not a.no_global,
             a.out,
             a.upstream,
@@ -247,18 +165,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--wait", type=argtypes.seconds, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(func=lambda a: reload(a.container, a.project, a.service, a.wait))
-
-    parser = sub.add_parser("egress", help="read what the proxy allowed and denied")
-    verbs = parser.add_subparsers(dest="egress_verb", metavar="VERB", required=True)
-    p = verbs.add_parser(
-        "log",
-        help="list destinations from a proxy log with counts",
-        description="Reads tinyproxy's log (a file, '-' for stdin, or --container) and lists "
-        "each destination with how often it was allowed and denied. Example: "
-        "`docker logs PROXY 2>&1 | isofeat egress log --denied`.",
-    )
-    p.add_argument("log", metavar="FILE|-", nargs="?", default="-", type=argtypes.text)
-    p.add_argument("--container", type=argtypes.text, help="read the log of this proxy container")
-    p.add_argument("--denied", action="store_true", help="list only denied destinations")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: egress_log(a.log, a.container, a.denied, a.json))

@@ -10,33 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from isofeat import argtypes
+from isofeat.commands._options import add_layer_options, layer_defaults
 from isofeat.errors import EXIT_DENIED, EXIT_OK, EXIT_USAGE, IsofeatError, escape
-from isofeat.whitelist import BUILTIN_LISTS, Mode, load_policy, parse_target, parse_text, read_file
-
-
-def add_layer_options(parser: argparse.ArgumentParser) -> None:
-    """Options that choose the whitelist layers; shared with ``proxy render``."""
-    parser.add_argument(
-        "--whitelist",
-        "-w",
-        metavar="FILE",
-        type=argtypes.path,
-        nargs="+",
-        action="extend",
-        default=[],
-        help="whitelist file(s), merged in the order given after the defaults and the global file",
-    )
-    parser.add_argument(
-        "--defaults",
-        choices=[*BUILTIN_LISTS, "none"],
-        default="sandbox",
-        help="built-in list to start from (default: sandbox; 'dind' for Docker-in-Docker)",
-    )
-    parser.add_argument(
-        "--no-global",
-        action="store_true",
-        help="leave out the user's global file (~/.config/isofeat/whitelist.txt)",
-    )
+from isofeat.whitelist import Mode, load_policy, parse_target, parse_text, read_file
 
 
 def lint(files: Sequence[Path]) -> int:
@@ -141,10 +117,6 @@ def suggest(
     return EXIT_OK
 
 
-def _defaults(value: str) -> str | None:
-    return None if value == "none" else value
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "whitelist",
@@ -188,14 +160,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(
         func=lambda a: check(
-            a.target, a.mode, a.whitelist, _defaults(a.defaults), not a.no_global, a.json
+            a.target, a.mode, a.whitelist, layer_defaults(a.defaults), not a.no_global, a.json
         )
     )
 
     p = verbs.add_parser("show", help="print the merged whitelist and where each entry comes from")
     add_layer_options(p)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: show(a.whitelist, _defaults(a.defaults), not a.no_global, a.json))
+    p.set_defaults(
+        func=lambda a: show(a.whitelist, layer_defaults(a.defaults), not a.no_global, a.json)
+    )
 
     p = verbs.add_parser(
         "suggest",
@@ -209,15 +183,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--container", type=argtypes.text, help="read the log of this proxy container instead"
     )
-    p.add_argument(
-        "--whitelist", "-w", metavar="FILE", type=argtypes.path, nargs="+", action="extend",
-        default=[],
-    )
-    p.add_argument("--defaults", choices=[*BUILTIN_LISTS, "none"], default="none")
-    p.add_argument("--no-global", action="store_true")
+    add_layer_options(p, defaults="none")
     p.set_defaults(
         func=lambda a: suggest(
-            a.log, a.container, a.whitelist, _defaults(a.defaults), not a.no_global
+            a.log, a.container, a.whitelist, layer_defaults(a.defaults), not a.no_global
         )
     )
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from isofeat import argtypes
 from isofeat.errors import EXIT_OK
@@ -14,7 +14,7 @@ from isofeat.errors import EXIT_OK
 CHOICES = ("base", "proxy", "dind", "all")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = subparsers.add_parser(
         "image",
         help="build isofeat's container images",
