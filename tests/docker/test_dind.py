@@ -33,7 +33,7 @@ import pytest
 
 from isofeat import __version__, image_build
 from isofeat.cli import main
-from isofeat.envinit import proxy_container_user
+from isofeat.init import proxy_container_user
 
 pytestmark = pytest.mark.docker
 
