@@ -61,9 +61,12 @@ build_network_env() {
     done
 }
 
-# True when PACKAGE is installed (not merely known to dpkg, e.g. removed with its config kept).
+# True when PACKAGE is installed (not merely known to dpkg, e.g. removed with its config kept;
+# a package of several architectures prints one line each).
 dpkg_installed() {
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+    local status
+    status="$(dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null)" || return 1
+    [[ $'\n'"${status}"$'\n' == *$'\n'installed$'\n'* ]]
 }
 
 # apt_get_install PACKAGE...: install the packages that are not installed yet, nothing when all

@@ -194,22 +194,59 @@ def test_write_if_changed_writes_once_and_sets_the_mode(tmp_path: Path) -> None:
     assert not list(target.parent.glob("*.isofeat-tmp"))
 
 
-@pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs dpkg (Debian or Ubuntu)")
-def test_apt_get_install_does_nothing_when_every_package_is_installed(tmp_path: Path) -> None:
-    # No apt-get on this PATH: reaching it would fail the test.
+@pytest.fixture
+def fake_apt(tmp_path: Path) -> Path:
+    """A PATH of the real dpkg-query and the tools the helpers use, and an apt-get that only
+    records how it was called (in apt-get.log)."""
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("needs dpkg (Debian or Ubuntu)")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("dpkg-query", "bash", "cat", "sed", "head"):
+    for tool in ("dpkg-query", "bash", "cat", "sed", "head", "getent"):
         found = shutil.which(tool)
-        assert found
+        assert found, tool
         (bin_dir / tool).symlink_to(found)
-    result = subprocess.run(
-        [str(bin_dir / "bash"), "-c",
-         f'set -euo pipefail; FEATURE=x; . "{LIB}"; apt_get_install bash dpkg; echo done'],
+    apt = bin_dir / "apt-get"
+    apt.write_text(f'#!{bin_dir / "bash"}\necho "$*" >>"{tmp_path / "apt-get.log"}"\n')
+    apt.chmod(0o755)
+    return bin_dir
+
+
+def apt_helpers(bin_dir: Path, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(bin_dir / "bash"), "-c", f'set -euo pipefail; FEATURE=x; . "{LIB}"; {script}'],
         capture_output=True,
         text=True,
         check=False,
         env={"PATH": str(bin_dir)},
     )
+
+
+def test_apt_get_install_does_nothing_when_every_package_is_installed(fake_apt: Path) -> None:
+    result = apt_helpers(fake_apt, "apt_get_install bash dpkg; echo done")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "done\n"
+    assert not (fake_apt.parent / "apt-get.log").exists()
+
+
+def test_apt_get_install_updates_once_and_installs_only_what_is_missing(fake_apt: Path) -> None:
+    result = apt_helpers(
+        fake_apt, "apt_get_install bash isofeat-test-missing; apt_get_install isofeat-test-other"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "x: installing isofeat-test-missing (apt)" in result.stdout
+    calls = (fake_apt.parent / "apt-get.log").read_text().splitlines()
+    assert calls == [
+        "update -qq --error-on=any",
+        "install -y -qq --no-install-recommends isofeat-test-missing",
+        "install -y -qq --no-install-recommends isofeat-test-other",
+    ]
+
+
+def test_apt_get_install_stops_when_the_lists_do_not_update(fake_apt: Path) -> None:
+    apt = fake_apt / "apt-get"
+    apt.write_text(f"#!{fake_apt / 'bash'}\n[ \"$1\" != update ] || exit 100\necho installed\n")
+    result = apt_helpers(fake_apt, "apt_get_install isofeat-test-missing; echo not-reached")
+    assert result.returncode == 1
+    assert "ERROR (x): apt-get update failed (see above)." in result.stderr
+    assert "installed" not in result.stdout and "not-reached" not in result.stdout
