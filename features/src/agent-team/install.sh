@@ -14,58 +14,20 @@ set -euo pipefail
 FEATURE="agent-team"
 FEATURE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STAGE=/usr/local/share/isofeat/agent-team
-SANDBOX_RECORD=/etc/isofeat/sandbox-user.env
 ALL_AGENTS="technical-lead analytics-engineer software-engineer qa-engineer code-reviewer technical-writer senior-devops"
 
-die() { echo "ERROR (${FEATURE}): $*" >&2; exit 1; }
-log() { echo "${FEATURE}: $*"; }
+# The helpers the Features share (die, log, require_root, apt_get_install, write_if_changed...):
+# a copy of features/lib/common.sh that scripts/sync-feature-lib keeps in vendor/.
+# shellcheck source-path=SCRIPTDIR source=vendor/common.sh
+. "$FEATURE_DIR/vendor/common.sh"
 
-if [ "$(id -u)" -ne 0 ]; then
-    die "install.sh must run as root. The devcontainer CLI runs Features as root; by hand, use 'docker run -u root ...'."
-fi
+require_root
 
 # --- helpers -------------------------------------------------------------------------------
 
 check_platform() {
-    local id="" like=""
-    if [ -r /etc/os-release ]; then
-        id="$(. /etc/os-release && echo "${ID:-}")"
-        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
-    fi
-    case " ${id} ${like} " in
-        *" debian "* | *" ubuntu "*) ;;
-        *) die "unsupported distribution '${id:-unknown}': this Feature needs Debian or Ubuntu (apt, python3). Use a Debian or Ubuntu base image." ;;
-    esac
+    check_distribution "apt, python3"
     # Architecture-independent: text files and a standard-library Python script.
-}
-
-# The proxy named by egress-proxy's containerEnv exists only at run time; while the image is
-# built its name does not resolve. Ignore such a proxy for apt (a build proxy that resolves is kept).
-build_network_env() {
-    local var url host
-    for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
-        url="${!var:-}"
-        [ -n "$url" ] || continue
-        host="${url#*://}"
-        host="${host##*@}"
-        host="${host%%/*}"
-        if [[ "$host" == \[* ]]; then host="${host#[}"; host="${host%%]*}"; else host="${host%%:*}"; fi
-        getent hosts "$host" >/dev/null 2>&1 || unset "$var"
-    done
-}
-
-apt_get_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -gt 0 ] || return 0
-    log "installing ${missing[*]} (apt)"
-    (
-        build_network_env
-        apt-get update -qq --error-on=any
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    ) || die "apt-get install ${missing[*]} failed (see above)."
 }
 
 selected_agents() {
@@ -89,10 +51,8 @@ selected_agents() {
 
 # The account to install for at build time: the sandbox user, else a non-root remote user.
 target_user() {
-    local user=""
-    if [ -r "$SANDBOX_RECORD" ]; then
-        user="$(sed -n 's/^ISOFEAT_USER=\([a-z_][a-z0-9_-]*\)$/\1/p' "$SANDBOX_RECORD" | head -n1)"
-    fi
+    local user
+    user="$(sandbox_user_name)"
     if [ -z "$user" ] && [ -n "${_REMOTE_USER:-}" ] && [ "${_REMOTE_USER}" != root ]; then
         user="${_REMOTE_USER}"
     fi

@@ -18,71 +18,28 @@ NODE_SOURCE="${NODESOURCE:-"auto"}"
 set -euo pipefail
 
 FEATURE="ai-agents"
+FEATURE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NPM_PREFIX=/usr/local/share/npm-global
 NODE_HOME=/usr/local/lib/isofeat-node
 RECORD=/etc/isofeat/ai-agents.env
-SANDBOX_RECORD=/etc/isofeat/sandbox-user.env
-GROUP_WRITABLE_LIST=/etc/isofeat/group-writable.list
 
-die() { echo "ERROR (${FEATURE}): $*" >&2; exit 1; }
-log() { echo "${FEATURE}: $*"; }
+# The helpers the Features share (die, log, require_root, apt_get_install, write_if_changed...):
+# a copy of features/lib/common.sh that scripts/sync-feature-lib keeps in vendor/.
+# shellcheck source-path=SCRIPTDIR source=vendor/common.sh
+. "$FEATURE_DIR/vendor/common.sh"
 
-if [ "$(id -u)" -ne 0 ]; then
-    die "install.sh must run as root. The devcontainer CLI runs Features as root; by hand, use 'docker run -u root ...'."
-fi
+require_root
 
 # --- helpers -------------------------------------------------------------------------------
 
 check_platform() {
-    local id="" like="" arch
-    if [ -r /etc/os-release ]; then
-        id="$(. /etc/os-release && echo "${ID:-}")"
-        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
-    fi
-    case " ${id} ${like} " in
-        *" debian "* | *" ubuntu "*) ;;
-        *) die "unsupported distribution '${id:-unknown}': this Feature needs Debian or Ubuntu (apt, glibc). Use a Debian or Ubuntu base image." ;;
-    esac
+    local arch
+    check_distribution "apt, glibc"
     arch="$(uname -m)"
     case "$arch" in
         x86_64 | aarch64) ;;
         *) die "unsupported architecture '${arch}': Node.js wheels, Claude Code and Codex CLI ship for x86_64 and aarch64 only." ;;
     esac
-}
-
-# The proxy named by egress-proxy's containerEnv exists only at run time; while the image is
-# built its name does not resolve. Ignore such a proxy for our downloads (a build proxy that
-# resolves is kept).
-build_network_env() {
-    local var url host
-    for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
-        url="${!var:-}"
-        [ -n "$url" ] || continue
-        host="${url#*://}"
-        host="${host##*@}"
-        host="${host%%/*}"
-        if [[ "$host" == \[* ]]; then host="${host#[}"; host="${host%%]*}"; else host="${host%%:*}"; fi
-        if ! getent hosts "$host" >/dev/null 2>&1; then
-            log "not using ${var}=${url} while building: ${host} does not resolve here (it is the sandbox's run-time proxy)"
-            unset "$var"
-        fi
-    done
-}
-
-APT_UPDATED=0
-apt_get_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -gt 0 ] || return 0
-    log "installing ${missing[*]} (apt)"
-    if [ "$APT_UPDATED" = 0 ]; then
-        apt-get update -qq --error-on=any || die "apt-get update failed (see above)."
-        APT_UPDATED=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed (see above)."
 }
 
 is_true() { [ "$1" = "true" ]; }
@@ -226,11 +183,6 @@ installed_version() {
     "$NODE_BIN" -p "require(process.argv[1]).version" "$pkg_json" 2>/dev/null || true
 }
 
-sandbox_user() {
-    [ -r "$SANDBOX_RECORD" ] || return 0
-    sed -n 's/^ISOFEAT_USER=\([a-z_][a-z0-9_-]*\)$/\1/p' "$SANDBOX_RECORD" | head -n1
-}
-
 # Root's, and read-only to everyone else: an earlier version of this Feature (or sandbox-user,
 # from the list below) handed the prefix to the sandbox group; take it back.
 lock_prefix() {
@@ -275,7 +227,7 @@ install_agents() {
 
 verify_agents() {
     local name user out
-    user="$(sandbox_user)"
+    user="$(sandbox_user_name)"
     for name in claude codex gemini; do
         case "$name" in
             claude) is_true "$CLAUDE" || continue ;;
@@ -296,15 +248,10 @@ verify_agents() {
 }
 
 write_record() {
-    mkdir -p "$(dirname "$RECORD")"
-    local content
-    content="# isofeat ai-agents: what was installed (read by isofeat doctor)
+    write_if_changed "$RECORD" "# isofeat ai-agents: what was installed (read by isofeat doctor)
 NPM_PREFIX=${NPM_PREFIX}
 NODE=${NODE_BIN}
-NODE_VERSION=$("$NODE_BIN" --version)"
-    if [ ! -f "$RECORD" ] || [ "$(cat "$RECORD")" != "$content" ]; then
-        printf '%s\n' "$content" >"$RECORD"
-    fi
+NODE_VERSION=$("$NODE_BIN" --version)" 0644
 }
 
 # --- work ----------------------------------------------------------------------------------

@@ -28,69 +28,18 @@ LOCAL_CA_DIR=/usr/local/share/ca-certificates/isofeat-egress
 BEGIN="# >>> isofeat egress-proxy >>>"
 END="# <<< isofeat egress-proxy <<<"
 
-die() { echo "ERROR (${FEATURE}): $*" >&2; exit 1; }
-log() { echo "${FEATURE}: $*"; }
+# The helpers the Features share (die, log, require_root, apt_get_install, write_if_changed...):
+# a copy of features/lib/common.sh that scripts/sync-feature-lib keeps in vendor/.
+# shellcheck source-path=SCRIPTDIR source=vendor/common.sh
+. "$FEATURE_DIR/vendor/common.sh"
 
-if [ "$(id -u)" -ne 0 ]; then
-    die "install.sh must run as root. The devcontainer CLI runs Features as root; by hand, use 'docker run -u root ...'."
-fi
+require_root
 
 # --- helpers -------------------------------------------------------------------------------
 
 check_platform() {
-    local id="" like=""
-    if [ -r /etc/os-release ]; then
-        id="$(. /etc/os-release && echo "${ID:-}")"
-        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
-    fi
-    case " ${id} ${like} " in
-        *" debian "* | *" ubuntu "*) ;;
-        *) die "unsupported distribution '${id:-unknown}': this Feature needs Debian or Ubuntu (apt, update-ca-certificates). Use a Debian or Ubuntu base image." ;;
-    esac
+    check_distribution "apt, update-ca-certificates"
     # Architecture-independent: it writes configuration files only.
-}
-
-# The proxy named by containerEnv exists only at run time; while this image is built its name
-# does not resolve. Ignore such a proxy for our own downloads (a build proxy that resolves is kept).
-build_network_env() {
-    local var url host
-    for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
-        url="${!var:-}"
-        [ -n "$url" ] || continue
-        host="${url#*://}"
-        host="${host##*@}"
-        host="${host%%/*}"
-        if [[ "$host" == \[* ]]; then host="${host#[}"; host="${host%%]*}"; else host="${host%%:*}"; fi
-        if ! getent hosts "$host" >/dev/null 2>&1; then
-            unset "$var"
-        fi
-    done
-}
-
-apt_get_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -gt 0 ] || return 0
-    log "installing ${missing[*]}"
-    (
-        build_network_env
-        apt-get update -qq --error-on=any
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    ) || die "apt-get install ${missing[*]} failed (see above)."
-}
-
-# Write FILE with CONTENT only when it differs, so a second run leaves it alone.
-write_if_changed() {
-    local file="$1" content="$2" mode="$3"
-    if [ ! -f "$file" ] || [ "$(cat "$file")" != "$content" ]; then
-        mkdir -p "$(dirname "$file")"
-        printf '%s\n' "$content" >"$file.isofeat-tmp"
-        chmod "$mode" "$file.isofeat-tmp"
-        mv -f "$file.isofeat-tmp" "$file"
-        log "wrote ${file}"
-    fi
 }
 
 # Put BODY between our markers in FILE: in place when the block is there, else at the end.

@@ -16,69 +16,19 @@ WHEELS_DIR="$FEATURE_DIR/wheels"
 VENV=/opt/isofeat/venv
 POST_START=/usr/local/share/isofeat/post-start
 
-die() { echo "ERROR (${FEATURE}): $*" >&2; exit 1; }
-log() { echo "${FEATURE}: $*"; }
+# The helpers the Features share (die, log, require_root, apt_get_install, write_if_changed...):
+# a copy of features/lib/common.sh that scripts/sync-feature-lib keeps in vendor/.
+# shellcheck source-path=SCRIPTDIR source=vendor/common.sh
+. "$FEATURE_DIR/vendor/common.sh"
 
-if [ "$(id -u)" -ne 0 ]; then
-    die "install.sh must run as root. The devcontainer CLI runs Features as root; by hand, use 'docker run -u root ...'."
-fi
+require_root
 
 # --- helpers -------------------------------------------------------------------------------
 
 check_platform() {
-    local id="" like=""
-    if [ -r /etc/os-release ]; then
-        id="$(. /etc/os-release && echo "${ID:-}")"
-        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
-    fi
-    case " ${id} ${like} " in
-        *" debian "* | *" ubuntu "*) ;;
-        *) die "unsupported distribution '${id:-unknown}': this Feature needs Debian or Ubuntu (apt, python3-venv). Use a Debian or Ubuntu base image." ;;
-    esac
+    check_distribution "apt, python3-venv"
     # Architecture-independent: isofeat is pure Python (its dependencies ship wheels for
     # x86_64 and aarch64 and fall back to source builds elsewhere).
-}
-
-# The proxy named by egress-proxy's containerEnv exists only at run time; while the image is
-# built its name does not resolve. Ignore such a proxy for our downloads (a build proxy that
-# resolves is kept).
-build_network_env() {
-    local var url host
-    for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
-        url="${!var:-}"
-        [ -n "$url" ] || continue
-        host="${url#*://}"
-        host="${host##*@}"
-        host="${host%%/*}"
-        if [[ "$host" == \[* ]]; then host="${host#[}"; host="${host%%]*}"; else host="${host%%:*}"; fi
-        if ! getent hosts "$host" >/dev/null 2>&1; then
-            log "not using ${var}=${url} while building: ${host} does not resolve here (it is the sandbox's run-time proxy)"
-            unset "$var"
-        fi
-    done
-}
-
-apt_get_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -gt 0 ] || return 0
-    log "installing ${missing[*]} (apt)"
-    apt-get update -qq --error-on=any || die "apt-get update failed (see above)."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed (see above)."
-}
-
-# Write FILE with CONTENT only when it differs.
-write_if_changed() {
-    local file="$1" content="$2" mode="$3"
-    if [ ! -f "$file" ] || [ "$(cat "$file")" != "$content" ]; then
-        mkdir -p "$(dirname "$file")"
-        printf '%s\n' "$content" >"$file"
-        log "wrote ${file}"
-    fi
-    chmod "$mode" "$file"
 }
 
 validate_options() {

@@ -15,41 +15,22 @@ WORKSPACE_DIR="${WORKSPACEDIR:-"/workspaces"}"
 set -euo pipefail
 
 FEATURE="sandbox-user"
-RECORD=/etc/isofeat/sandbox-user.env
+FEATURE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MARK="# isofeat sandbox-user"
 
-die() { echo "ERROR (${FEATURE}): $*" >&2; exit 1; }
-log() { echo "${FEATURE}: $*"; }
+# The helpers the Features share (die, log, require_root, apt_get_install, write_if_changed...):
+# a copy of features/lib/common.sh that scripts/sync-feature-lib keeps in vendor/.
+# shellcheck source-path=SCRIPTDIR source=vendor/common.sh
+. "$FEATURE_DIR/vendor/common.sh"
 
-if [ "$(id -u)" -ne 0 ]; then
-    die "install.sh must run as root. The devcontainer CLI runs Features as root; by hand, use 'docker run -u root ...'."
-fi
+require_root
 
 # --- helpers -------------------------------------------------------------------------------
 
 check_platform() {
-    local id="" like=""
-    if [ -r /etc/os-release ]; then
-        id="$(. /etc/os-release && echo "${ID:-}")"
-        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
-    fi
-    case " ${id} ${like} " in
-        *" debian "* | *" ubuntu "*) ;;
-        *) die "unsupported distribution '${id:-unknown}': this Feature needs Debian or Ubuntu (dpkg, apt, shadow's useradd). Use a Debian or Ubuntu base image." ;;
-    esac
+    check_distribution "dpkg, apt, shadow's useradd"
     command -v useradd >/dev/null || die "useradd is missing; install the 'passwd' package in the base image."
     # Architecture-independent: it only edits accounts and file modes.
-}
-
-# Write FILE with CONTENT only when it differs, so a second run leaves mtimes alone.
-write_if_changed() {
-    local file="$1" content="$2" mode="$3"
-    if [ ! -f "$file" ] || [ "$(cat "$file")" != "$content" ]; then
-        mkdir -p "$(dirname "$file")"
-        printf '%s\n' "$content" >"$file"
-        log "wrote ${file}"
-    fi
-    chmod "$mode" "$file"
 }
 
 # Append LINE to FILE unless it is already there.
@@ -156,7 +137,7 @@ ensure_home() {
 # Folders other isofeat Features listed as "writable by the sandbox group" (for example the npm
 # prefix of ai-agents, so the agents update themselves without root) when they ran before us.
 adopt_group_writable() {
-    local list=/etc/isofeat/group-writable.list dir
+    local list="$GROUP_WRITABLE_LIST" dir
     [ -r "$list" ] || return 0
     while IFS= read -r dir; do
         case "$dir" in /usr/local/share/* | /opt/*) ;; *) continue ;; esac
@@ -265,7 +246,7 @@ set_umask
 ensure_workspace
 trust_workspace_git
 
-write_if_changed "$RECORD" "${MARK}: the sandbox account, read by the other isofeat Features
+write_if_changed "$SANDBOX_RECORD" "${MARK}: the sandbox account, read by the other isofeat Features
 ISOFEAT_USER=${USERNAME}
 ISOFEAT_UID=${USER_UID}
 ISOFEAT_GROUP=${GROUP_NAME}

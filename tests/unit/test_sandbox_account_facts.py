@@ -1,0 +1,89 @@
+"""The sandbox account has one home: the defaults of the sandbox-user Feature
+(features/src/sandbox-user/devcontainer-feature.json). Every other place that must repeat the
+user, uid, group or gid is compared with it here, so a change in one place cannot leave the
+others behind:
+
+- the self-test (isofeat doctor) and the host side (isofeat init's shared group);
+- the template: the dev service's ``user:``, ``remoteUser`` and the agents' home volumes, in the
+  cookiecutter template and in the generated Dev Container Template;
+- the Docker-in-Docker image, whose socket belongs to the sandbox group;
+- the Feature's own description and the scenario checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from isofeat import doctor, envinit
+
+REPO = Path(__file__).resolve().parents[2]
+FEATURE = REPO / "features" / "src" / "sandbox-user"
+COMPOSE = (
+    REPO / "templates" / "isofeat" / "{{cookiecutter.__devcontainer_dir}}" / "compose.yaml",
+    REPO / "templates" / "devcontainer-template" / "src" / "isofeat" / ".devcontainer"
+    / "compose.yaml",
+)
+DEVCONTAINER = (
+    REPO / "templates" / "isofeat" / "{{cookiecutter.__devcontainer_dir}}" / "devcontainer.json",
+    REPO / "templates" / "devcontainer-template" / "src" / "isofeat" / ".devcontainer"
+    / "devcontainer.json",
+)
+DIND = REPO / "src" / "isofeat" / "images" / "dind"
+
+
+def default(option: str) -> str:
+    data = json.loads((FEATURE / "devcontainer-feature.json").read_text())
+    return str(data["options"][option]["default"])
+
+
+USER, UID, GROUP, GID = (default(o) for o in ("username", "userUid", "groupName", "userGid"))
+
+
+def test_the_defaults_are_what_the_docs_promise() -> None:
+    # The values themselves: changing them is a breaking change for every existing sandbox.
+    assert (USER, UID, GROUP, GID) == ("claude", "1001", "dev", "2000")
+
+
+def test_the_feature_description_names_its_defaults() -> None:
+    description = json.loads((FEATURE / "devcontainer-feature.json").read_text())["description"]
+    for value in (f"default {USER}", f"uid {UID}", f"group {GROUP}", f"gid {GID}"):
+        assert value in description
+
+
+def test_the_self_test_and_the_host_side_expect_the_same_account() -> None:
+    assert str(doctor.EXPECTED_UID) == UID
+    assert str(doctor.EXPECTED_GID) == GID
+    assert str(envinit.SANDBOX_GID) == GID
+
+
+@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.parts[-4])
+def test_the_template_runs_the_dev_service_as_the_sandbox_user(path: Path) -> None:
+    text = path.read_text()
+    assert f'user: "{UID}:{GID}"' in text
+    homes = set(re.findall(r":/home/([a-z_][a-z0-9_-]*)/\.", text))
+    assert homes == {USER}, "the agents' state volumes are mounted in the sandbox user's home"
+
+
+@pytest.mark.parametrize("path", DEVCONTAINER, ids=lambda p: p.parts[-4])
+def test_the_template_attaches_as_the_sandbox_user(path: Path) -> None:
+    assert f'"remoteUser": "{USER}"' in path.read_text()
+
+
+def test_the_dind_socket_belongs_to_the_sandbox_group() -> None:
+    dockerfile = (DIND / "Dockerfile").read_text()
+    assert f"groupadd --gid {GID} {GROUP};" in dockerfile
+    entrypoint = (DIND / "entrypoint.sh").read_text()
+    assert f'SOCKET_GID="${{ISOFEAT_DIND_SOCKET_GID:-{GID}}}"' in entrypoint
+
+
+def test_the_scenario_checks_expect_the_defaults() -> None:
+    checks = (REPO / "features" / "test" / "_global" / "checks.sh").read_text()
+    assert f'test "$(id -u)" = {UID}' in checks
+    assert f'test "$(id -gn):$(id -g)" = {GROUP}:{GID}' in checks
+    defaults = (REPO / "features" / "test" / "sandbox-user" / "defaults.sh").read_text()
+    assert f'test "$(id -u)" = {UID}' in defaults
+    assert f'test "$(id -g):$(id -gn)" = "{GID}:{GROUP}"' in defaults
