@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from isofeat import doctor, envinit
+from isofeat import doctor, layout
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURE = REPO / "features" / "src" / "sandbox-user"
@@ -55,9 +55,9 @@ def test_the_feature_description_names_its_defaults() -> None:
 
 
 def test_the_self_test_and_the_host_side_expect_the_same_account() -> None:
-    assert str(doctor.EXPECTED_UID) == UID
-    assert str(doctor.EXPECTED_GID) == GID
-    assert str(envinit.SANDBOX_GID) == GID
+    assert str(layout.SANDBOX_UID) == UID  # the one home in Python (test_layout.py ties it on)
+    assert str(layout.SANDBOX_GID) == GID
+    assert (doctor.EXPECTED_UID, doctor.EXPECTED_GID) == (layout.SANDBOX_UID, layout.SANDBOX_GID)
 
 
 @pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.parts[-4])
