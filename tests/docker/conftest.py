@@ -377,3 +377,29 @@ def registry(tmp_path: Path) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+#: What `host_server` answers: a probe that reads it reached the host.
+HOST_ANSWER = b"HOST-ANSWERED"
+
+
+@pytest.fixture
+def host_server() -> Iterator[int]:
+    """What a developer runs on the host: a server on 0.0.0.0, random port. Yields the port."""
+    import threading
+
+    server = socket.create_server(("0.0.0.0", 0))
+    port: int = server.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(HOST_ANSWER)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield port
+    server.close()

@@ -481,29 +481,6 @@ HOST_KNOCK = (
 )
 
 
-@pytest.fixture
-def host_server() -> Iterator[int]:
-    """A server on the host bound to 0.0.0.0, as developers run them. Yields its port."""
-    import socket
-    import threading
-
-    server = socket.create_server(("0.0.0.0", 0))
-    port: int = server.getsockname()[1]
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"HOST-ANSWERED")
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield port
-    server.close()
-
-
 @pytest.mark.parametrize("run_args", [[], ["--network", "host"]], ids=["bridge", "host"])
 def test_nested_containers_do_not_reach_the_host(
     stack: Stack, nested_base: str, host_server: int, run_args: list[str]

@@ -32,10 +32,11 @@ from cookiecutter.main import cookiecutter
 
 from isofeat.cli import main
 
+from .conftest import HOST_ANSWER
+
 REPO = Path(__file__).resolve().parents[2]
 INHIBIT = {"com.docker.network.bridge.inhibit_ipv4": "true"}
 AGENT = "1001:2000"
-ANSWER = b"HOST-ANSWERED"
 
 # Runs in a container as the agent: connects to each address on one port, concurrently.
 # Prints {address: what came back}: the first bytes, "refused", or null for silence.
@@ -68,26 +69,6 @@ def host_addresses() -> list[str]:
                          check=True).stdout  # fmt: skip
     found = [line.split()[3].split("/")[0] for line in out.splitlines()]
     return [a for a in found if not a.startswith("127.")]
-
-
-@pytest.fixture
-def host_server() -> Iterator[int]:
-    """What a developer runs on the host: a server on 0.0.0.0, random port. Yields the port."""
-    server = socket.create_server(("0.0.0.0", 0))
-    port: int = server.getsockname()[1]
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(ANSWER)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield port
-    server.close()
 
 
 def knock_from(container: Any, port: int, addresses: list[str]) -> dict[str, str | None]:
@@ -131,8 +112,8 @@ def test_an_internal_network_exposes_the_host_and_inhibit_ipv4_closes_it(
     targets = [gateway_of(plain), *host_addresses()]
     answers = knock_from(exposed, host_server, targets)
     print(f"plain internal network, host server on port {host_server}: {answers}")
-    assert answers[gateway_of(plain)] == ANSWER.decode(), answers
-    assert answers["172.17.0.1"] == ANSWER.decode(), answers  # docker0, through the gateway
+    assert answers[gateway_of(plain)] == HOST_ANSWER.decode(), answers
+    assert answers["172.17.0.1"] == HOST_ANSWER.decode(), answers  # docker0, through the gateway
     doctor = doctor_from(exposed)
     assert doctor["ok"] is False and gateway_of(plain) in doctor["detail"], doctor
     assert "inhibit_ipv4" in doctor["detail"]
@@ -305,7 +286,7 @@ def test_the_template_cuts_the_agent_off_the_host_but_not_the_proxy(
         assert lines[0] == "1001", probe.stdout + probe.stderr
         assert "RESOLVED-HOST" not in probe.stdout
         assert len([ln for ln in lines if "=>" in ln]) == len(targets.split())
-        assert ANSWER.decode() not in probe.stdout, probe.stdout
+        assert HOST_ANSWER.decode() not in probe.stdout, probe.stdout
         assert "refused" not in probe.stdout.lower(), probe.stdout  # a refusal is an answer
 
         # The proxy still reaches an upstream proxy on the host, by host.docker.internal.
