@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from isofeat.errors import EXIT_DENIED, IsofeatError
@@ -246,10 +246,10 @@ def create_agent_git(host: HostGit, dest: Path, gid: int) -> bool:
     """
     if os.path.lexists(dest):
         return False
+    import shutil  # only on a first open: a warm init never gets here
+
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if os.path.lexists(tmp):
-        import shutil
-
         shutil.rmtree(tmp)
     run(tmp, "init", "-q", "--bare", "--template=", check=True)
     for key, value in (("core.bare", "false"), ("core.sharedRepository", "group"),
@@ -274,8 +274,6 @@ def create_agent_git(host: HostGit, dest: Path, gid: int) -> bool:
         (tmp / "HEAD").write_text(f"{sha}\n", encoding="ascii")
     index = host.git_dir / "index"
     if index.is_file() and not index.is_symlink():
-        import shutil
-
         # The user's index has the worktree's stat data, which is the same inside the
         # container (same inodes and times): the agent's first `git status` need not hash
         # every file again.
@@ -283,8 +281,6 @@ def create_agent_git(host: HostGit, dest: Path, gid: int) -> bool:
     for extra in ("shallow", "info/exclude"):  # what git reads besides objects and refs
         src = host.common_dir / extra
         if src.is_file() and not src.is_symlink():
-            import shutil
-
             (tmp / extra).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / extra)
     alternates.write_text(f"{OBJECTS_TARGET}\n", encoding="utf-8")
@@ -526,8 +522,3 @@ def devcontainer_tree(host: HostGit, rev: str) -> str:
     """The git tree id of ``.devcontainer/`` at ``rev`` ("none" when it has none)."""
     proc = host.git("rev-parse", "--verify", "--quiet", f"{rev}:.devcontainer", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else "none"
-
-
-def branch_tips(host: HostGit, exclude: Sequence[str] = ()) -> list[str]:
-    out = host.git("for-each-ref", "--format=%(refname)", "refs/heads").stdout.split()
-    return [r for r in out if r not in exclude]
