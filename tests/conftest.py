@@ -154,3 +154,23 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
     monkeypatch.setenv("DOCKER_CONFIG", real_docker_config)
     return home
+
+
+@pytest.fixture
+def security_report(request: pytest.FixtureRequest) -> Any:
+    """Records this test's attacks, faults, load runs and bad inputs (tests/report.py).
+
+    Each call also asserts its row, so a case that got through fails the test.
+    """
+    from tests.report import Recorder
+
+    return Recorder(request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests import report
+
+    if report.ENTRIES:
+        json_path, md_path = report.write(report.ENTRIES, report.report_dir())
+        terminalreporter.write_line(report.summary(report.ENTRIES))
+        terminalreporter.write_line(f"security report: {md_path} and {json_path}")

@@ -1,0 +1,147 @@
+"""The security report: every attack, fault, load run and bad input that the tests try.
+
+A test records what it tried through the ``security_report`` fixture (tests/conftest.py)::
+
+    security_report.attack("20", "connect to the sandbox gateway on a host port",
+                           expected="no answer", observed=answer, ok=answer is None)
+
+Recording also asserts ``ok``: an entry is never a substitute for the test's own check, and
+a case that got through fails the test that tried it. At the end of the run the entries are
+written as JSON and as a Markdown table (``report.json``, ``report.md``) to
+``$ISOFEAT_SECURITY_REPORT_DIR`` (default ``build/security-report``), and pytest prints one
+summary line. ``python -m tests.security`` runs the tests that record and writes the report;
+``docs/security.md`` holds the latest table.
+
+``tried`` counts the attempts behind one row, so that a corpus (the proxy's 1,744 generated
+requests) is one row and not a thousand; ``failed`` is how many of them got through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Kind = Literal["attack", "fault", "load", "input"]
+KINDS: tuple[Kind, ...] = ("attack", "fault", "load", "input")
+REPORT_DIR_VAR = "ISOFEAT_SECURITY_REPORT_DIR"
+REPO = Path(__file__).resolve().parents[1]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    #: SECURITY-CASES number ("20"), or the issue item for faults and load ("fault: proxy").
+    case: str
+    attempt: str
+    expected: str
+    observed: str
+    ok: bool
+    test: str
+    tried: int = 1
+    failed: int = 0
+    #: Measured figures, e.g. {"recovery_s": 1.8}.
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+ENTRIES: list[Entry] = []
+
+
+def _clean(text: object, limit: int = 300) -> str:
+    """One line of printable text: recorded output may hold anything the attacker sent."""
+    flat = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class Recorder:
+    """Bound to one test; each call records one row and then asserts it."""
+
+    def __init__(self, test: str) -> None:
+        self.test = test
+
+    def record(
+        self, kind: Kind, case: str, attempt: str, *, expected: str, observed: object, ok: bool,
+        tried: int = 1, failed: int | None = None, **figures: float,
+    ) -> None:
+        entry = Entry(
+            kind=kind, case=case, attempt=_clean(attempt), expected=_clean(expected),
+            observed=_clean(observed), ok=bool(ok), test=self.test, tried=tried,
+            failed=(0 if ok else tried) if failed is None else failed,
+            figures={k: round(float(v), 4) for k, v in figures.items()},
+        )
+        ENTRIES.append(entry)
+        assert entry.ok and entry.failed == 0, (
+            f"{kind} {case}: {attempt}: expected {expected}, observed {entry.observed}"
+        )
+
+    def attack(self, case: str, attempt: str, *, expected: str, observed: object, ok: bool,
+               tried: int = 1, failed: int | None = None, **figures: float) -> None:
+        self.record("attack", case, attempt, expected=expected, observed=observed, ok=ok,
+                    tried=tried, failed=failed, **figures)
+
+    def fault(self, case: str, attempt: str, *, expected: str, observed: object, ok: bool,
+              **figures: float) -> None:
+        self.record("fault", case, attempt, expected=expected, observed=observed, ok=ok,
+                    **figures)
+
+    def load(self, case: str, attempt: str, *, expected: str, observed: object, ok: bool,
+             tried: int = 1, failed: int | None = None, **figures: float) -> None:
+        self.record("load", case, attempt, expected=expected, observed=observed, ok=ok,
+                    tried=tried, failed=failed, **figures)
+
+    def bad_input(self, case: str, attempt: str, *, expected: str, observed: object,
+                  ok: bool) -> None:
+        self.record("input", case, attempt, expected=expected, observed=observed, ok=ok)
+
+
+def report_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get(REPORT_DIR_VAR) or REPO / "build" / "security-report")
+
+
+def summary(entries: list[Entry]) -> str:
+    """One line: what was tried of each kind and how much got through (goal: 0)."""
+    tried = Counter[str]()
+    failed = Counter[str]()
+    for entry in entries:
+        tried[entry.kind] += entry.tried
+        failed[entry.kind] += entry.failed
+    words = {"attack": "attacks", "fault": "faults", "load": "load runs", "input": "bad inputs"}
+    parts = [f"{tried[k]:,} {words[k]} ({failed[k]} failed)" for k in KINDS if tried[k]]
+    through = sum(failed.values())
+    return (f"security report: {'; '.join(parts) or 'nothing recorded'}; "
+            f"{through} got through or failed")
+
+
+def markdown(entries: list[Entry]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [summary(entries), "",
+             "| Kind | Case | Attempt | Expected | Observed | Tried | Got through | Figures |",
+             "|---|---|---|---|---|---:|---:|---|"]
+    order = {k: i for i, k in enumerate(KINDS)}
+    for e in sorted(entries, key=lambda e: (order[e.kind], _case_key(e.case), e.attempt)):
+        figures = ", ".join(f"{k}={v:g}" for k, v in e.figures.items())
+        lines.append(f"| {e.kind} | {cell(e.case)} | {cell(e.attempt)} | {cell(e.expected)} "
+                     f"| {cell(e.observed)} | {e.tried:,} | {e.failed} | {cell(figures)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _case_key(case: str) -> tuple[int, str]:
+    head = case.split()[0].rstrip(":")
+    return (int(head), case) if head.isdigit() else (10_000, case)
+
+
+def write(entries: list[Entry], folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"summary": summary(entries), "entries": [asdict(e) for e in entries]}
+    json_path, md_path = folder / "report.json", folder / "report.md"
+    json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    md_path.write_text(markdown(entries), encoding="utf-8")
+    return json_path, md_path
