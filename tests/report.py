@@ -155,6 +155,49 @@ def _case_key(case: str) -> tuple[int, str]:
     return (int(head), case) if head.isdigit() else (10_000, case)
 
 
+#: What each SECURITY-CASES number guards, for the per-case table in docs/security.md.
+CASE_TITLES = {
+    "1": "lookalike names", "2": "raw IP addresses", "3": "ports outside the policy",
+    "4": "tricks that hide the real host", "5": "control characters, oversized requests",
+    "6": "bad whitelist lines", "7": "direct egress", "8": "outside DNS names",
+    "9": "IPv6 egress", "10": "the DinD proxy", "11": "nested containers' egress",
+    "12": "another environment", "13": "privileges", "14": "writes outside the workspace",
+    "15": "the host's Docker socket and mounts", "16": "hostile notification files",
+    "17": "hostile names and paths to the CLI", "18": "fail closed", "19": "connection floods",
+    "20": "the host's services", "21": "resource exhaustion", "22": "the user's repository",
+    "23": "credentials", "24": "TLS server name against CONNECT", "25": "DNS queries leaving",
+}
+
+
+def case_table(entries: list[Entry]) -> str:
+    """Per SECURITY-CASES number: rows, attempts and how many got through (goal 0)."""
+    rows: dict[str, list[Entry]] = {}
+    for e in entries:
+        head = e.case.split()[0].rstrip(":")
+        for case in _expand_cases(head) or [e.case]:
+            rows.setdefault(case, []).append(e)
+    lines = ["| Case | What | Rows | Attempts | Got through | Tests |",
+             "|---|---|---:|---:|---:|---|"]
+    for case in sorted(rows, key=lambda c: _case_key(c)):
+        found = rows[case]
+        tests = sorted({e.test.split("::")[0].removeprefix("tests/") for e in found})
+        lines.append(f"| {case} | {CASE_TITLES.get(case, '')} | {len(found)} | "
+                     f"{sum(e.tried for e in found):,} | {sum(e.failed for e in found)} | "
+                     f"{', '.join(tests)} |")
+    missing = [c for c in CASE_TITLES if c not in rows]
+    if missing:
+        lines.append(f"\nNot tried in this run: {', '.join(missing)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _expand_cases(head: str) -> list[str]:
+    """"1-4" -> ["1", "2", "3", "4"]; "20" -> ["20"]; "fault:" -> []."""
+    first, _, last = head.partition("-")
+    if first.isdigit() and (not last or last.isdigit()):
+        return [str(n) for n in range(int(first), int(last or first) + 1)]
+    return []
+
+
 def write(entries: list[Entry], folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     data = {"summary": summary(entries), "entries": [asdict(e) for e in entries]}

@@ -47,14 +47,18 @@ LOOKALIKES = [
 
 
 def test_lookalikes_are_denied_over_http_and_connect(
-    start_proxy: Callable[..., RunningProxy],
+    start_proxy: Callable[..., RunningProxy], security_report: Any,
 ) -> None:
     proxy = start_proxy("github.com\n")
     requests = [proxy.http_request(f"http://{host}/") for host in LOOKALIKES] + [
         proxy.connect_request(host if ":" in host else f"{host}:443") for host in LOOKALIKES
     ]
     answers = proxy.statuses(requests)
-    assert answers == [403] * len(requests), list(zip(LOOKALIKES * 2, answers, strict=True))
+    security_report.attack(
+        "1", "lookalikes of github.com over HTTP and CONNECT (proxy image, generated list)",
+        expected="403 each", observed=f"{answers.count(403)} of {len(answers)} got 403",
+        ok=answers == [403] * len(requests), tried=len(requests),
+        failed=sum(a != 403 for a in answers))
     # The real name passes the filter (it then fails to resolve: the test proxy has no DNS).
     assert proxy.http("http://github.com/") == 500
     assert proxy.connect("github.com:443") == 500
@@ -76,13 +80,19 @@ RAW_IPS = [
 ]
 
 
-def test_raw_ip_literals_are_denied_unless_listed(start_proxy: Callable[..., RunningProxy]) -> None:
+def test_raw_ip_literals_are_denied_unless_listed(
+    start_proxy: Callable[..., RunningProxy], security_report: Any,
+) -> None:
     proxy = start_proxy("github.com\n10.0.0.5\n[2001:db8::1]:443\n")
     requests = [proxy.http_request(f"http://{ip}/") for ip in RAW_IPS] + [
         proxy.connect_request(f"{ip}:443") for ip in RAW_IPS
     ]
     answers = proxy.statuses(requests)
-    assert answers == [403] * len(requests), list(zip(RAW_IPS * 2, answers, strict=True))
+    security_report.attack(
+        "2", "IPv4/IPv6 literals in every notation, over HTTP and CONNECT (proxy image)",
+        expected="403 each", observed=f"{answers.count(403)} of {len(answers)} got 403",
+        ok=answers == [403] * len(requests), tried=len(requests),
+        failed=sum(a != 403 for a in answers))
     assert proxy.connect("10.0.0.5:443") not in DENIED
     assert proxy.connect("[2001:db8::1]:443") not in DENIED
     assert proxy.http("http://[2001:db8::1]/") == 403  # listed for 443 only
@@ -133,10 +143,11 @@ HOST_HIDING = [
 
 @pytest.mark.parametrize("payload", HOST_HIDING, ids=lambda p: p.split(b"\r\n")[0].decode()[:60])
 def test_tricks_that_hide_the_real_host_are_denied(
-    start_proxy_once: RunningProxy, payload: bytes
+    start_proxy_once: RunningProxy, payload: bytes, security_report: Any,
 ) -> None:
-    data = start_proxy_once.raw(payload)
-    assert status_of(data) in DENIED, data[:200]
+    status = status_of(start_proxy_once.raw(payload))
+    security_report.attack("4", payload.split(b"\r\n")[0].decode()[:90], expected="403 or 400",
+                           observed=status, ok=status in DENIED)
 
 
 MALFORMED = [
@@ -155,12 +166,15 @@ MALFORMED = [
 
 @pytest.mark.parametrize("payload", MALFORMED, ids=range(len(MALFORMED)))
 def test_control_characters_and_oversized_names_get_4xx_and_the_proxy_keeps_serving(
-    start_proxy_once: RunningProxy, payload: bytes
+    start_proxy_once: RunningProxy, payload: bytes, security_report: Any,
 ) -> None:
     status = status_of(start_proxy_once.raw(payload))
-    assert status is not None and 400 <= status < 500, status
-    assert start_proxy_once.connect("attacker.test:443") == 403
-    assert start_proxy_once.connect("github.com:443") == 500
+    after = (start_proxy_once.connect("attacker.test:443"),
+             start_proxy_once.connect("github.com:443"))
+    security_report.attack(
+        "5", f"malformed request {payload[:40]!r} ({len(payload):,} bytes)",
+        expected="a 4xx, then 403 and 500 (still serving)", observed=f"{status}, then {after}",
+        ok=status is not None and 400 <= status < 500 and after == (403, 500))
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +343,7 @@ def request_for(host: str, port: int, mode: str) -> bytes:
 
 
 def test_proxy_decisions_equal_whitelist_check_on_a_large_corpus(
-    start_proxy: Callable[..., RunningProxy],
+    start_proxy: Callable[..., RunningProxy], security_report: Any,
 ) -> None:
     """Hypothesis generates the cases; the client container sends them in batches; each
     decision of the real proxy (403 or not) must equal ``whitelist check``'s."""
@@ -359,6 +373,12 @@ def test_proxy_decisions_equal_whitelist_check_on_a_large_corpus(
         f"{len(mismatches)} mismatches",
         file=sys.stderr,
     )
+    denied_passed = sum(1 for m in mismatches if "proxy=403" not in m)
+    security_report.attack(
+        "1-4", "Hypothesis corpus: the proxy's decision against `whitelist check`",
+        expected="equal on every request", observed=f"{len(cases)} requests, {allowed} "
+        f"allowed, {len(mismatches)} mismatches", ok=mismatches == [], tried=len(cases),
+        failed=denied_passed)
     assert mismatches == []
     assert len(cases) >= 1500
     assert allowed > 50  # the corpus exercises the allow side too

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,11 +177,15 @@ def _no_raw_controls(text: str) -> bool:
 
 @pytest.mark.parametrize(("argv"), [c[1] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_exit_2_with_a_fix_and_changes_nothing(
-    scratch: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+    scratch: Path, argv: list[str], capsys: pytest.CaptureFixture[str], security_report: Any,
 ) -> None:
     before = _snapshot(scratch)
     code = main(_expand(argv, scratch / "work"))
     out, err = capsys.readouterr()
+    security_report.bad_input(
+        "17", "isofeat " + " ".join(a[:40] for a in argv), expected="exit 2, a fix, no raw "
+        "control bytes, nothing changed", observed=f"exit {code}", ok=code == 2 and
+        "\n  fix: " in err and _no_raw_controls(err + out) and _snapshot(scratch) == before)
     assert code == 2, err
     assert "\n  fix: " in err, err
     assert "Traceback" not in err
