@@ -34,6 +34,7 @@ ALL: tuple[str, ...] = (
     "ISOFEAT_NOTIFY_SOURCE",
     "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below
     "ISOFEAT_PROBE_DENIED",
+    "ISOFEAT_SSH_CONFIG",  # defined in isofeat.remote: `ssh -F` for tasks on other machines
 )
 
 
