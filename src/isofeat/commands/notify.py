@@ -27,7 +27,12 @@ def send_verb(
     return send(urgency, title, message, from_hook=from_hook, as_json=as_json)
 
 
-def watch_verb(root: str | None, backend: str, once: bool, as_json: bool) -> int:
+def watch_verb(root: str | None, backend: str, once: bool, as_json: bool,
+               on: str | None = None) -> int:
+    if on is not None:  # another machine's notifications, forwarded over ssh (isofeat.remote)
+        from isofeat import remote
+
+        return remote.watch(on, backend, once, as_json)
     from isofeat.envvars import notify_root
     from isofeat.errors import IsofeatError
     from isofeat.notify.watch import watch
@@ -104,4 +109,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="as_json",
         help="print one JSON object per notification on stdout",
     )
-    watch.set_defaults(func=lambda a: watch_verb(a.root, a.backend, a.once, a.as_json))
+    watch.add_argument(
+        "--on",
+        type=argtypes.text,
+        metavar="HOST",
+        help="watch the environments of another machine over ssh (tasks made with "
+        "`task new --on HOST`); each line is checked again here",
+    )
+    watch.set_defaults(
+        func=lambda a: watch_verb(a.root, a.backend, a.once, a.as_json, a.on)
+    )

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from isofeat import argtypes
 from isofeat.errors import EXIT_OK
 
 
@@ -14,9 +15,12 @@ def _print(result: object, as_json: bool, text: str) -> None:
     print(json.dumps(result, indent=2) if as_json else text)
 
 
-def new(name: str, base: str | None, up: bool, accept: bool, as_json: bool) -> int:
+def new(name: str, base: str | None, up: bool, accept: bool, as_json: bool,
+        on: str | None = None) -> int:
     from isofeat import tasks
 
+    if on is not None:
+        return _remote_new(name, base, on, accept, as_json)
     result = tasks.new(Path.cwd(), name, base, up, accept_devcontainer=accept)
     _print(result, as_json, f"task {name}: {result['path']} on {result['branch']}"
            + (" (environment up)" if result["up"] else
@@ -25,27 +29,35 @@ def new(name: str, base: str | None, up: bool, accept: bool, as_json: bool) -> i
 
 
 def list_(as_json: bool) -> int:
-    from isofeat import tasks
+    from isofeat import remote, tasks
 
-    items = tasks.list_tasks(Path.cwd())
+    items = [{**t, "where": "local"} for t in tasks.list_tasks(Path.cwd())]
+    items += remote.list_remote(Path.cwd())
     if as_json:
         print(json.dumps(items, indent=2))
         return EXIT_OK
     if not items:
         print("no tasks (isofeat task new NAME)", file=sys.stderr)
         return EXIT_OK
-    print(f"{'TASK':<20} {'AHEAD':>5} {'BEHIND':>6} {'SANDBOX':<12} {'ENV':<8} {'NOTES':>5}  PATH")
+    print(f"{'TASK':<20} {'AHEAD':>5} {'BEHIND':>6} {'SANDBOX':<12} {'ENV':<8} {'NOTES':>5}  "
+          f"{'WHERE':<12} PATH")
     for t in items:
         head = str(t["agent_head"] or "-")[:10] + ("*" if t["unmerged"] else "")
         print(f"{t['name']!s:<20} {t['ahead']!s:>5} {t['behind']!s:>6} {head:<12} "
               f"{'running' if t['running'] else 'stopped':<8} "
-              f"{t['pending_notifications']!s:>5}  {t['path']}")
+              f"{t['pending_notifications']!s:>5}  {t['where']!s:<12} {t['path']}")
     return EXIT_OK
 
 
 def rm(name: str, force: bool, as_json: bool) -> int:
     from isofeat import tasks
 
+    if _is_remote(name):
+        from isofeat import remote
+
+        result = remote.rm(Path.cwd(), name, force)
+        _print(result, as_json, f"removed task {name} on {result['on']}")
+        return EXIT_OK
     result = tasks.rm(Path.cwd(), name, force)
     _print(result, as_json, f"removed task {name}")
     return EXIT_OK
@@ -54,6 +66,13 @@ def rm(name: str, force: bool, as_json: bool) -> int:
 def merge(name: str, allow_devcontainer: bool, as_json: bool) -> int:
     from isofeat import tasks
 
+    if _is_remote(name):
+        from isofeat import remote
+
+        result = remote.merge(Path.cwd(), name, allow_devcontainer)
+        _print(result, as_json, f"merged {result['branch']} from {result['on']} into "
+               f"{result['merged_into']}")
+        return EXIT_OK
     result = tasks.merge(Path.cwd(), name, allow_devcontainer)
     _print(result, as_json, f"merged {result['branch']} into {result['merged_into']}")
     return EXIT_OK
@@ -82,6 +101,33 @@ def fetch(as_json: bool) -> int:
     return EXIT_OK
 
 
+# --- tasks on another machine (isofeat.remote) ----------------------------------------------
+
+def _remote_new(name: str, base: str | None, on: str, accept: bool, as_json: bool) -> int:
+    from isofeat import remote
+
+    result = remote.new(Path.cwd(), name, on, base, accept_devcontainer=accept)
+    _print(result, as_json, f"task {name} on {result['on']}: {result['remote_path']} "
+           f"(environment up)\n  attach: see docs/remote.md (Remote-SSH, then Dev Containers)")
+    return EXIT_OK
+
+
+def _is_remote(name: str) -> bool:
+    """A task this repository started with --on (its record exists); else a local one."""
+    from isofeat import remote, tasks
+
+    tasks.validate_name(name)
+    return remote.read_record(tasks.main_repo(Path.cwd()).workspace, name) is not None
+
+
+def export(name: str, as_json: bool) -> int:
+    from isofeat import remote
+
+    result = remote.export(Path.cwd(), name)
+    _print(result, as_json, f"{result['ref']} {result['sha']}")
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "task",
@@ -98,8 +144,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--accept-devcontainer", action="store_true",
                    help="start from a base whose .devcontainer/ differs from the approved one "
                    "(after you reviewed it)")
+    p.add_argument("--on", metavar="HOST", type=argtypes.text,
+                   help="make the task on another machine's Docker engine, reached over SSH: "
+                   "user@host, a Host from ~/.ssh/config, or a Docker context with an ssh:// "
+                   "endpoint (implies --up; docs/remote.md)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: new(a.name, a.base, a.up, a.accept_devcontainer, a.json))
+    p.set_defaults(func=lambda a: new(a.name, a.base, a.up, a.accept_devcontainer, a.json,
+                                      a.on))
 
     p = verbs.add_parser("list", help="tasks with ahead/behind, environment state, notifications")
     p.add_argument("--json", action="store_true")
@@ -123,6 +174,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "(.devcontainer/, .vscode/, .gitattributes, .envrc, hooks, CI, ...)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: merge(a.name, a.allow_devcontainer_changes, a.json))
+
+    p = verbs.add_parser(
+        "export", help="(on a remote machine) the sandbox's task/NAME as refs/isofeat/tasks/NAME",
+        description="Imports the sandbox's task/NAME into this repository as data, for the "
+        "machine that started the task with --on to fetch over ssh (task merge runs it).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: export(a.name, a.json))
 
     p = sub.add_parser(
         "fetch",
