@@ -52,7 +52,11 @@ DIND_IMAGE = f"{DIND_REPOSITORY}:{__version__}"
 
 def env_id_for(workspace: Path) -> str:
     """``<slug of the folder name>-<10 hex of sha256(real path)>``: stable and unique."""
-    real = os.path.realpath(workspace)
+    return env_id_for_real_path(os.path.realpath(workspace))
+
+
+def env_id_for_real_path(real: str) -> str:
+    """:func:`env_id_for` of a path already resolved, possibly on another machine."""
     slug = re.sub(r"[^a-z0-9]+", "-", os.path.basename(real).lower()).strip("-")[:40] or "env"
     digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:10]
     return f"{slug}-{digest}"

@@ -430,8 +430,23 @@ def _copy_listed(main_workspace: Path, remote: Remote, repo: str, patterns: Sequ
     return files
 
 
+def require_images(remote: Remote, images: Sequence[str],
+                   environ: Mapping[str, str] = os.environ) -> None:
+    """``--images remote``: the remote built its own (its own extra CAs); check they exist."""
+    there = remote_image_ids(remote, images, environ)
+    missing = [i for i in images if i not in there]
+    if missing:
+        raise IsofeatError(f"{remote.label} has no {', '.join(missing)}",
+                           fix=f"run `isofeat image build all` on {remote.label}, or leave out "
+                               "--images remote (this machine ships its images)")
+
+
+IMAGE_MODES = ("ship", "remote")
+
+
 def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer: bool = False,
-        environ: Mapping[str, str] = os.environ, log: Log = _stderr) -> dict[str, object]:
+        environ: Mapping[str, str] = os.environ, log: Log = _stderr, images: str = "ship",
+        ) -> dict[str, object]:
     """``isofeat task new NAME --on HOST``: the worktree, the agent's git and the environment
     on the remote machine; here only a record."""
     from isofeat import tasks
@@ -453,7 +468,11 @@ def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer
 
     log(f"==> checking {remote.label}")
     check_remote(remote, environ)
-    shipped = ship_images(remote, needed_images(box), log, environ)
+    shipped: list[str] = []
+    if images == "remote":
+        require_images(remote, needed_images(box), environ)
+    else:
+        shipped = ship_images(remote, needed_images(box), log, environ)
     repo = remote_repo(main.workspace)
     log(f"==> {remote.label}:~/{repo}: pushing {base_sha[:12]}")
     ssh(remote, f"mkdir -p -- {shlex.quote(repo)} && {_cd(repo)} && "
@@ -639,13 +658,22 @@ def rm(start: Path, name: str, force: bool, environ: Mapping[str, str] = os.envi
                 f"the sandbox's task/{name} at {head[:12]} on {remote.label} is in no branch here",
                 fix=f"isofeat task merge {name} first, or isofeat task rm {name} --force")
     q = shlex.quote
+    # The remote repository's own state folder (its approved .devcontainer/, import scratch):
+    # named by its env id, worked out from the absolute path the remote reported.
+    task_abs = str(record.get("path") or "")
+    main_state = ""
+    if task_abs.startswith("/") and task_abs.endswith(f"-{name}"):
+        from isofeat.layout import env_id_for_real_path
+
+        main_id = env_id_for_real_path(task_abs[: -len(name) - 1])
+        main_state = f" \"${{XDG_STATE_HOME:-$HOME/.local/state}}/isofeat/envs/\"{q(main_id)}"
     script = (
         f"{_cd(repo)} && isofeat task rm {q(name)} --force --json && "
         f"git update-ref -d {q(BASE_PREFIX + name)} && "
         f"{{ git update-ref -d {q(EXPORT_PREFIX + name)} 2>/dev/null || true; }} && "
         # The last task gone: the repository goes too (it only ever held pushed commits).
         "if [ \"$(git worktree list --porcelain | grep -c '^worktree ')\" = 1 ]; then "
-        f"cd && rm -rf -- {q(str(Path(repo).parent))} && echo removed-repo; fi")
+        f"cd && rm -rf -- {q(str(Path(repo).parent))}{main_state} && echo removed-repo; fi")
     out = stream(remote, script, log, environ=environ)
     (_records_dir(main.workspace, environ) / f"{name}.json").unlink(missing_ok=True)
     main.git("update-ref", "-d", f"{EXPORT_PREFIX}{name}", check=False)
@@ -679,9 +707,15 @@ def watch(host: str, backend: str, once: bool, as_json: bool,
     err = stderr or sys.stderr
     remote = resolve_host(host, environ)
     display = Display(backend, stdout=out, stderr=err)
-    script = "isofeat notify watch --backend stdout --json" + (" --once" if once else "")
-    proc = subprocess.Popen(remote.command(script, environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    script = "isofeat notify watch --backend stdout --json"
+    if once:
+        script += " --once"
+    else:
+        # No terminal, so no hangup: the remote watcher ends when our ssh closes its stdin.
+        script = (f"{script} </dev/null & w=$!; "
+                  "( cat >/dev/null; kill $w 2>/dev/null ) >/dev/null 2>&1 & wait $w")
+    proc = subprocess.Popen(remote.command(script, environ), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     try:
         while True:
