@@ -481,6 +481,10 @@ def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer
              "-c", "protocol.allow=never", "-c", "protocol.ssh.allow=always",
              "push", "--quiet", "--no-verify", remote.git_url(repo),
              f"{base_sha}:{BASE_PREFIX}{name}", environ=environ)
+    # The remote repository's own worktree holds the base too: the remote `task new` reads
+    # .devcontainer/isofeat.json there, and copies the copyToTasks files from there.
+    ssh(remote, f"{_cd(repo)} && git checkout -q -f --detach {shlex.quote(base_sha)}",
+        environ=environ)
     copied = _copy_listed(main.workspace, remote, repo,
                           read_settings(box).copy_to_tasks, environ)
     record: dict[str, object] = {

@@ -131,9 +131,11 @@ def test_unknown_host_key_is_refused(machine: Machine, tmp_path: Path) -> None:
     assert "cannot reach" in str(err.value) and "host key" in str(err.value)
 
 
-def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path) -> None:
+def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path,
+                                            isofeat_wheel_dir: Path) -> None:
     need("ssh")
     env = host_env(tmp_path)
+    env["ISOFEAT_WHEEL_DIR"] = str(isofeat_wheel_dir)
     env[remote_mod.ISOFEAT_SSH_CONFIG] = str(machine.config)
     repo = bake(tmp_path / "repo", env, agents="none", project_name="remote demo")
     figures: dict[str, float] = {}
@@ -171,6 +173,19 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path) ->
     for needed in ("user", "capabilities", "no-docker-socket", "direct-egress", "dns",
                    "proxy-denies", "proxy-allows", "git", "host-access"):
         assert names.get(needed), (needed, names)
+
+    # What one environment costs the remote engine (for docs/remote.md, not asserted).
+    project = f"label=com.docker.compose.project=isofeat-{result['env_id']}"
+    stats = machine.engine("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}")
+    networks = machine.engine("network", "ls", "-q", "--filter", project).stdout.split()
+    print(f"\nremote environment: {len(networks)} networks; memory: "
+          + "; ".join(stats.stdout.strip().splitlines()), file=sys.stderr)
+    hops = []
+    for _ in range(5):
+        started = time.monotonic()
+        assert machine.ssh("true", timeout=60).returncode == 0
+        hops.append(time.monotonic() - started)
+    figures["one ssh round trip (new connection, median of 5)"] = sorted(hops)[2]
 
     # --- task list: local and remote together, with where each runs --------------------------
     started = time.monotonic()
@@ -241,7 +256,9 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path) ->
     gone = machine.ssh("ls -A ~/.local/share/isofeat/remote; ls -A ~/.local/state/isofeat/envs "
                        "~/.local/state/isofeat/notify 2>/dev/null | grep -v -e '^$' -e ':$'")
     assert gone.stdout.strip() == "", gone.stdout
+    started = time.monotonic()
     assert isofeat("task", "list", "--json", cwd=repo, env=env).stdout.strip() == "[]"
+    figures["task list with no task (no ssh)"] = time.monotonic() - started
 
     # Figures for docs/remote.md: printed, never asserted.
     print("\nremote figures: " + ", ".join(f"{k} {v:.2f}s" for k, v in figures.items()),
