@@ -536,14 +536,18 @@ def list_remote(start: Path, environ: Mapping[str, str] = os.environ, log: Log =
         by_name = {t.get("name"): t for t in listed or [] if isinstance(t, dict)}
         for record in group:
             info = by_name.get(record["name"], {})
+            head = _sha_or_none(info.get("agent_head"))
             items.append({
                 "name": record["name"], "where": remote.label,
                 "path": f"{remote.label}:{clean_line(str(info.get('path', record['path'])))}",
                 "branch": f"task/{record['name']}",
                 "ahead": _int(info.get("ahead")), "behind": _int(info.get("behind")),
                 "env_id": clean_line(str(info.get("env_id", record.get("env_id", "")))),
-                "agent_head": _sha_or_none(info.get("agent_head")),
-                "unmerged": bool(info.get("unmerged")),
+                "agent_head": head,
+                # Whether the work is safe is a question about this repository, not the
+                # remote one (which holds only what was pushed to start tasks).
+                "unmerged": bool(head) and head != record["base"]
+                and not tasks._merged_elsewhere(main, head or "", ""),
                 "running": bool(info.get("running")),
                 "pending_notifications": _int(info.get("pending_notifications")),
                 "reachable": listed is not None,
@@ -716,8 +720,9 @@ def watch(host: str, backend: str, once: bool, as_json: bool,
         script += " --once"
     else:
         # No terminal, so no hangup: the remote watcher ends when our ssh closes its stdin.
-        script = (f"{script} </dev/null & w=$!; "
-                  "( cat >/dev/null; kill $w 2>/dev/null ) >/dev/null 2>&1 & wait $w")
+        # (A background job's stdin is /dev/null in sh: the ssh stdin goes to it as fd 3.)
+        script = (f"exec 3<&0; {script} </dev/null 3<&- & w=$!; "
+                  "( cat <&3 >/dev/null 2>&1; kill $w 2>/dev/null ) & exec 3<&-; wait $w")
     proc = subprocess.Popen(remote.command(script, environ), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None

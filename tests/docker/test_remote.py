@@ -86,7 +86,9 @@ def machine(remote_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     assert run("docker", "volume", "create", *labels, volume).returncode == 0
     started = run(
         "docker", "run", "-d", "--name", name, *labels,
-        "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+        # SYS_PTRACE: the nested runc opens /proc/PID/ns of containers that run as non-root
+        # users (the proxy, the sandbox) for `docker exec`; root without it may not.
+        "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "--cap-add", "SYS_PTRACE",
         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
         "--cgroupns", "private", "-v", f"{volume}:/var/lib/isofeat-dind",
         "-p", "127.0.0.1::22",
@@ -137,7 +139,8 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path,
     env = host_env(tmp_path)
     env["ISOFEAT_WHEEL_DIR"] = str(isofeat_wheel_dir)
     env[remote_mod.ISOFEAT_SSH_CONFIG] = str(machine.config)
-    repo = bake(tmp_path / "repo", env, agents="none", project_name="remote demo")
+    # One agent: the ai-agents Feature brings git, which the agent commits with.
+    repo = bake(tmp_path / "repo", env, agents="claude", project_name="remote demo")
     figures: dict[str, float] = {}
 
     # --- task new --on: images shipped, git pushed, environment up there ---------------------
