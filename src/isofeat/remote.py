@@ -207,7 +207,7 @@ def ssh(remote: Remote, script: str, *, environ: Mapping[str, str] = os.environ,
 
 
 def stream(remote: Remote, script: str, log: Log, *, environ: Mapping[str, str] = os.environ,
-           ) -> str:
+           fix: str = "read its output above") -> str:
     """Run ``script``, relaying its stderr line by line (cleaned); return its stdout."""
     proc = subprocess.Popen(remote.command(script, environ), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, errors="replace")
@@ -234,7 +234,7 @@ def stream(remote: Remote, script: str, log: Log, *, environ: Mapping[str, str] 
         raise _unreachable(remote, subprocess.CompletedProcess([], 255, "", "\n".join(tail)))
     if code != 0:
         raise IsofeatError(f"on {remote.label}: the remote isofeat failed (exit {code})",
-                           fix="read its output above", code=EXIT_DENIED)
+                           fix=fix, code=EXIT_DENIED)
     return "".join(chunks)
 
 
@@ -496,7 +496,9 @@ def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer
     script = (f"{_cd(repo)} && isofeat task new {shlex.quote(name)} --base "
               f"{shlex.quote(base_sha)} --up --accept-devcontainer --json")
     log(f"==> {remote.label}: isofeat task new {name} --up")
-    out = stream(remote, script, log, environ=environ)
+    out = stream(remote, script, log, environ=environ,
+                 fix=f"read its output above; `isofeat task rm {name} --force` removes what "
+                     "was made there")
     try:
         made = json.loads(out)
     except json.JSONDecodeError:

@@ -197,3 +197,43 @@ def test_notify_watch_on_checks_every_forwarded_line_again(
     assert "\n" not in shown[0]["message"]
     assert err.count("dropped") == 5, err
     assert "--once" in log.read_text(encoding="utf-8")
+
+
+def _repo_with_record(tmp_path: Path, destination: str) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "base"], check=True)
+    base = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    remote._write_record(repo, {
+        "name": "t1", "remote": remote.validate_host(destination).to_json(),
+        "repo": ".local/share/isofeat/remote/x/repo", "base": base, "path": "/h/x/repo-t1",
+    }, os.environ)
+    return repo
+
+
+def test_an_unreachable_remote_is_shown_and_its_task_kept(
+    tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = _repo_with_record(tmp_path, "u@gone")
+    bin_dir = tmp_path / "bin"
+    tool(bin_dir, "ssh", "echo 'ssh: connect to host gone port 22: Connection refused' >&2; "
+                         "exit 255")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(repo)
+    assert main(["task", "list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    (item,) = json.loads(out)
+    assert (item["name"], item["where"], item["reachable"], item["running"]) == (
+        "t1", "u@gone", False, False)
+    assert "Connection refused" in err
+    # Without --force nothing is removed when the remote cannot say what would be lost.
+    assert main(["task", "rm", "t1"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert remote.read_record(repo, "t1") is not None
+    # merge says the remote cannot be reached (exit 1: not bad input).
+    assert main(["task", "merge", "t1"]) == 1
+    assert "cannot reach u@gone" in capsys.readouterr().err
