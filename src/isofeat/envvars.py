@@ -35,6 +35,7 @@ ALL: tuple[str, ...] = (
     "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below
     "ISOFEAT_PROBE_DENIED",
     "ISOFEAT_SSH_CONFIG",  # defined in isofeat.remote: `ssh -F` for tasks on other machines
+    "ISOFEAT_WHEEL_DIR",  # isofeat.remote: the wheel `task new --on --install` ships
 )
 
 

@@ -43,6 +43,11 @@ ISOFEAT_SSH_CONFIG = "ISOFEAT_SSH_CONFIG"
 #: Where the remote keeps its repositories, relative to the remote user's home.
 REMOTE_ROOT = ".local/share/isofeat/remote"
 RECORDS = "remote-tasks"
+REMOTE_PATH = 'PATH="$HOME/.local/bin:$PATH"; export PATH'
+#: ``--install`` puts isofeat in a venv here (relative to the remote home).
+REMOTE_VENV = ".local/share/isofeat/venv"
+#: A folder holding an isofeat wheel (the template reads it too); ``--install`` ships it.
+ISOFEAT_WHEEL_DIR = "ISOFEAT_WHEEL_DIR"
 BASE_PREFIX = "refs/isofeat/base/"
 EXPORT_PREFIX = "refs/isofeat/tasks/"
 #: What ``--on`` accepts: ``[user@]host`` (host may be an ssh_config alias or a Docker
@@ -107,8 +112,12 @@ class Remote:
         return argv
 
     def command(self, script: str, environ: Mapping[str, str] = os.environ) -> list[str]:
-        """``ssh ... -- DEST SCRIPT``: ``--`` ends ssh's options whatever follows."""
-        return [*self.ssh_argv(environ), "--", self.destination, script]
+        """``ssh ... -- DEST SCRIPT``: ``--`` ends ssh's options whatever follows.
+
+        A command over ssh gets no login shell, so ``~/.local/bin`` (where pipx, ``pip
+        --user`` and ``--install`` put isofeat and the devcontainer CLI) is added to PATH.
+        """
+        return [*self.ssh_argv(environ), "--", self.destination, f"{REMOTE_PATH}; {script}"]
 
     def git_url(self, path: str) -> str:
         port = f":{self.port}" if self.port is not None else ""
@@ -268,12 +277,74 @@ v="$(isofeat --version 2>/dev/null)" && echo "version ${v#isofeat }"
 """
 
 
-def check_remote(remote: Remote, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
-    """What the remote has; raise with every missing piece and its fix at once."""
+def _probe(remote: Remote, environ: Mapping[str, str]) -> tuple[list[str], str | None]:
     out = ssh(remote, _PROBE, environ=environ, check=False).stdout
     missing = [line.split(None, 1)[1] for line in out.splitlines() if line.startswith("missing ")]
     version = next((line.split(None, 1)[1].strip() for line in out.splitlines()
                     if line.startswith("version ")), None)
+    return missing, version
+
+
+def local_wheel(main_workspace: Path, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """A wheel of exactly this isofeat: $ISOFEAT_WHEEL_DIR, else the one the template put
+    beside the local Features."""
+    folders = [Path(environ[ISOFEAT_WHEEL_DIR])] if environ.get(ISOFEAT_WHEEL_DIR) else []
+    folders.append(main_workspace / ".devcontainer" / "features" / "isofeat" / "wheels")
+    for folder in folders:
+        found = sorted(folder.glob(f"isofeat-{__version__}-*.whl"))
+        if found and found[-1].is_file() and not found[-1].is_symlink():
+            return found[-1]
+    return None
+
+
+def install_tools(remote: Remote, main_workspace: Path, log: Log,
+                  environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``--install``: what isofeat can install for the remote user, under ~/.local: isofeat
+    from a wheel of this version (in a venv), the devcontainer CLI with the remote's npm."""
+    missing, version = _probe(remote, environ)
+    done: list[str] = []
+    if "isofeat" in missing or version != __version__:
+        wheel = local_wheel(main_workspace, environ)
+        if wheel is None:
+            raise IsofeatError(
+                f"no wheel of isofeat {__version__} here to install on {remote.label}",
+                fix=f"set {ISOFEAT_WHEEL_DIR} to a folder holding isofeat-{__version__}-*.whl "
+                    "(pip wheel --no-deps -w DIR <isofeat checkout>), or install isofeat there")
+        log(f"==> {remote.label}: installing {wheel.name} into ~/{REMOTE_VENV}")
+        target = f"{REMOTE_VENV}/{wheel.name}"
+        q = shlex.quote
+        script = (
+            f"mkdir -p -- {q(REMOTE_VENV)} .local/bin && cat > {q(target)} && "
+            f"{{ [ -x {q(REMOTE_VENV)}/bin/pip ] || python3 -m venv -- {q(REMOTE_VENV)}; }} && "
+            f"{q(REMOTE_VENV)}/bin/pip install --quiet --disable-pip-version-check "
+            f"--force-reinstall {q(target)} && rm -f -- {q(target)} && "
+            f"ln -sfn \"$HOME\"/{q(REMOTE_VENV)}/bin/isofeat .local/bin/isofeat")
+        proc = subprocess.run(remote.command(script, environ), input=wheel.read_bytes(),
+                              capture_output=True, check=False, timeout=900)
+        if proc.returncode != 0:
+            raise IsofeatError(
+                f"installing isofeat on {remote.label} failed: "
+                f"{clean_line(proc.stderr.decode(errors='replace').strip()[-300:])}",
+                fix="it needs python3 with venv there (apt-get install python3-venv) and its "
+                    "package index for the dependencies", code=EXIT_DENIED)
+        done.append("isofeat")
+    if "devcontainer" in missing:
+        log(f"==> {remote.label}: npm install -g --prefix ~/.local @devcontainers/cli")
+        npm = ssh(remote, "command -v npm >/dev/null || { echo 'npm is missing (Node 20+)' >&2; "
+                          "exit 1; }; npm install -g --prefix \"$HOME/.local\" "
+                          "@devcontainers/cli", environ=environ, check=False, timeout=900)
+        if npm.returncode != 0:
+            raise IsofeatError(
+                f"installing the devcontainer CLI on {remote.label} failed: "
+                f"{clean_line(npm.stderr.strip()[-300:])}",
+                fix="install Node 20+ with npm there, then run this again", code=EXIT_DENIED)
+        done.append("devcontainer")
+    return done
+
+
+def check_remote(remote: Remote, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
+    """What the remote has; raise with every missing piece and its fix at once."""
+    missing, version = _probe(remote, environ)
     problems = [f"{name}: {REQUIREMENTS[name]}" for name in REQUIREMENTS if name in missing]
     if "isofeat" not in missing and version != __version__:
         problems.append(f"isofeat: {remote.label} has {clean_line(version or '?')}, this machine "
@@ -281,8 +352,9 @@ def check_remote(remote: Remote, environ: Mapping[str, str] = os.environ) -> dic
     if problems:
         raise IsofeatError(
             f"{remote.label} cannot run tasks yet; missing:\n  " + "\n  ".join(problems),
-            fix="install what is listed on the remote machine (docs/remote.md), then run this "
-                "again", code=EXIT_DENIED)
+            fix="install what is listed on the remote machine (docs/remote.md), or pass "
+                "--install for isofeat and the devcontainer CLI; then run this again",
+            code=EXIT_DENIED)
     return {"version": version}
 
 
@@ -446,7 +518,7 @@ IMAGE_MODES = ("ship", "remote")
 
 def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer: bool = False,
         environ: Mapping[str, str] = os.environ, log: Log = _stderr, images: str = "ship",
-        ) -> dict[str, object]:
+        install: bool = False) -> dict[str, object]:
     """``isofeat task new NAME --on HOST``: the worktree, the agent's git and the environment
     on the remote machine; here only a record."""
     from isofeat import tasks
@@ -467,6 +539,7 @@ def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer
     box = Environment(main.workspace, environ).devcontainer
 
     log(f"==> checking {remote.label}")
+    installed = install_tools(remote, main.workspace, log, environ) if install else []
     check_remote(remote, environ)
     shipped: list[str] = []
     if images == "remote":
@@ -507,7 +580,7 @@ def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer
     _write_record(main.workspace, record, environ)
     return {"name": name, "on": remote.label, "branch": f"task/{name}", "base": base_sha,
             "remote_path": record["path"], "env_id": record["env_id"], "copied": copied,
-            "images_shipped": shipped, "up": True}
+            "images_shipped": shipped, "installed": installed, "up": True}
 
 
 def _remote_of(record: Mapping[str, Any]) -> Remote:

@@ -143,13 +143,25 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path,
     repo = bake(tmp_path / "repo", env, agents="claude", project_name="remote demo")
     figures: dict[str, float] = {}
 
-    # --- task new --on: images shipped, git pushed, environment up there ---------------------
+    # --- a remote without isofeat: every missing piece is named, nothing is made there -----
+    assert run("docker", "exec", machine.container, "rm", "/usr/local/bin/isofeat").returncode == 0
+    lacking = isofeat("task", "new", "t1", "--on", ALIAS, cwd=repo, env=env)
+    assert lacking.returncode == 1, lacking.stderr
+    assert "missing:" in lacking.stderr and "isofeat: install isofeat" in lacking.stderr
+    assert "devcontainer:" not in lacking.stderr and "--install" in lacking.stderr
+    assert machine.ssh("ls -A ~/.local/share/isofeat/remote 2>/dev/null").stdout == ""
+
+    # --- task new --on --install: isofeat from this checkout's wheel into ~/.local there;
+    # images shipped, git pushed, environment up there -----------------------------------------
     started = time.monotonic()
-    made = isofeat("task", "new", "t1", "--on", ALIAS, "--json", cwd=repo, env=env)
-    figures["task new --on (cold, images shipped)"] = time.monotonic() - started
+    made = isofeat("task", "new", "t1", "--on", ALIAS, "--install", "--json", cwd=repo, env=env)
+    figures["task new --on --install (cold: isofeat installed, images shipped)"] = (
+        time.monotonic() - started)
     assert made.returncode == 0, made.stderr[-6000:]
     result = json.loads(made.stdout)
-    assert result["on"] == ALIAS and result["up"]
+    assert result["on"] == ALIAS and result["up"] and result["installed"] == ["isofeat"]
+    where = machine.ssh("PATH=$HOME/.local/bin:$PATH; command -v isofeat; isofeat --version")
+    assert ".local/bin/isofeat" in where.stdout, where
     assert "isofeat/proxy" in " ".join(result["images_shipped"])
     rpath = result["remote_path"]
     assert rpath.startswith("/home/remote/.local/share/isofeat/remote/"), rpath

@@ -81,7 +81,8 @@ def test_good_hosts(value: str, destination: str, port: int | None) -> None:
 def test_ssh_command_line_ends_options_and_checks_host_keys() -> None:
     r = remote.validate_host("ssh://u@h:2222")
     argv = r.command("true", {remote.ISOFEAT_SSH_CONFIG: "/cfg"})
-    assert argv[argv.index("--") + 1:] == ["u@h", "true"]
+    assert argv[argv.index("--") + 1] == "u@h"
+    assert argv[-1] == f"{remote.REMOTE_PATH}; true"  # ~/.local/bin: pipx, --install
     assert "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
     assert argv[argv.index("-F") + 1] == "/cfg" and argv[argv.index("-p") + 1] == "2222"
     # git gets the port from the URL, and the same options through core.sshCommand.

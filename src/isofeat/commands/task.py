@@ -16,11 +16,11 @@ def _print(result: object, as_json: bool, text: str) -> None:
 
 
 def new(name: str, base: str | None, up: bool, accept: bool, as_json: bool,
-        on: str | None = None, images: str = "ship") -> int:
+        on: str | None = None, images: str = "ship", install: bool = False) -> int:
     from isofeat import tasks
 
     if on is not None:
-        return _remote_new(name, base, on, accept, as_json, images)
+        return _remote_new(name, base, on, accept, as_json, images, install)
     result = tasks.new(Path.cwd(), name, base, up, accept_devcontainer=accept)
     _print(result, as_json, f"task {name}: {result['path']} on {result['branch']}"
            + (" (environment up)" if result["up"] else
@@ -104,10 +104,11 @@ def fetch(as_json: bool) -> int:
 # --- tasks on another machine (isofeat.remote) ----------------------------------------------
 
 def _remote_new(name: str, base: str | None, on: str, accept: bool, as_json: bool,
-                images: str) -> int:
+                images: str, install: bool) -> int:
     from isofeat import remote
 
-    result = remote.new(Path.cwd(), name, on, base, accept_devcontainer=accept, images=images)
+    result = remote.new(Path.cwd(), name, on, base, accept_devcontainer=accept, images=images,
+                         install=install)
     _print(result, as_json, f"task {name} on {result['on']}: {result['remote_path']} "
            f"(environment up)\n  attach: see docs/remote.md (Remote-SSH, then Dev Containers)")
     return EXIT_OK
@@ -152,9 +153,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--images", choices=("ship", "remote"), default="ship",
                    help="with --on: ship: send the isofeat images the remote lacks or has in "
                    "another build (default); remote: use the ones built there (its own CAs)")
+    p.add_argument("--install", action="store_true",
+                   help="with --on: install what is missing there under ~/.local: isofeat "
+                   "from a wheel of this version ($ISOFEAT_WHEEL_DIR or the template's), the "
+                   "devcontainer CLI with npm")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: new(a.name, a.base, a.up, a.accept_devcontainer, a.json,
-                                      a.on, a.images))
+                                      a.on, a.images, a.install))
 
     p = verbs.add_parser("list", help="tasks with ahead/behind, environment state, notifications")
     p.add_argument("--json", action="store_true")
