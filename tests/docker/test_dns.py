@@ -16,6 +16,10 @@ recording DNS server, run by this test on the host, whether it saw a unique name
   no DNS setting of its own; the template always gives `dev` one (``dns_opt``). Measured here:
   a container with an explicit loopback ``--dns`` never reaches a recorder on the host's
   loopback. ``isofeat doctor``'s ``engine-dns`` check reports the engine here.
+- The template as it is (no ``dns:``: the engine forwards to the machine's own resolver): a
+  packet sniffer on the host watches every interface for the unique name. From an ordinary
+  network the query leaves through the machine's outward interface (control); from `dev`,
+  nothing carrying the name leaves.
 - The proxy resolves allowed names (by design): a unique allowed name reaches the recorder,
   a denied one, sent by CONNECT and by plain HTTP, does not. tinyproxy filters before it
   resolves.
@@ -32,6 +36,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from .test_env_boundaries import REPO, Env
+from .test_env_boundaries import REPO, Env, make_env  # noqa: F401  # make_env is a fixture
 
 AGENT = "1001:2000"
 ZONE = "isofeat-dns-probe.test"
@@ -305,6 +310,93 @@ def test_the_proxy_looks_up_allowed_names_only(
             ok=" 403 " in answer and not saw,
         )
     print(f"allowed {allowed}: {status}; recorder saw {recorder.saw(allowed)}")
+
+
+ETH_P_ALL = 0x0003
+#: Interfaces that stay inside the machine: loopback and the engine's bridges and veths.
+INSIDE = ("lo", "docker", "br-", "veth")
+
+
+class Sniffer:
+    """Every packet on every interface of the host's namespace that carries one of the
+    watched labels: ``{label: [interface, ...]}``. Needs root (CAP_NET_RAW)."""
+
+    def __init__(self) -> None:
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                      socket.htons(ETH_P_ALL))  # fmt: skip
+        except PermissionError:
+            pytest.fail("the packet sniffer needs root (CAP_NET_RAW); run the docker tests as "
+                        "root, as CI does", pytrace=False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.settimeout(0.5)
+        self.watch: dict[bytes, list[str]] = {}
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                data, address = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for label, seen in list(self.watch.items()):
+                if label in data:
+                    seen.append(str(address[0]))
+
+    def label(self, text: str) -> str:
+        self.watch[text.encode()] = []
+        return text
+
+    def left(self, text: str) -> list[str]:
+        """The interfaces outside the machine's containers that carried ``text``."""
+        return sorted({i for i in self.watch[text.encode()] if not i.startswith(INSIDE)})
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+def test_no_query_leaves_the_machine_from_the_template_as_it_is(
+    make_env: Callable[..., Env], make_network: Callable[..., Any],  # noqa: F811  # fixture
+    run_container: Callable[..., Any], netkit_image: str, security_report: Any,
+) -> None:
+    sniffer = Sniffer()
+    try:
+        # Control: the same lookup from an ordinary network leaves through the outward
+        # interface, towards the machine's resolver.
+        control = sniffer.label(f"sniff-control-{uuid.uuid4().hex[:12]}")
+        box = run_container(netkit_image, network=make_network(), user=AGENT,
+                            command=["getent", "ahostsv4", f"{control}.{ZONE}"],
+                            dns_opt=["timeout:1", "attempts:1"])  # fmt: skip
+        box.wait(timeout=30)
+        time.sleep(0.5)
+        assert sniffer.left(control), (control, sniffer.watch[control.encode()])
+
+        env = make_env("dnsasis")
+        assert not env.inspect("dev")["HostConfig"]["Dns"]  # the template's own DNS setup
+        labels = [sniffer.label(f"sniff-dev-{how}-{uuid.uuid4().hex[:12]}")
+                  for how in ("getent", "tcp")]  # fmt: skip
+        env.compose("exec", "-T", "dev", "getent", "ahostsv4", f"{labels[0]}.{ZONE}",
+                    check=False, timeout=60)
+        env.compose("exec", "-T", "dev", "python3", "-c", TCP_QUERY, "127.0.0.11",
+                    f"{labels[1]}.{ZONE}", check=False, timeout=60)
+        time.sleep(1)
+        for label, how in zip(labels, ("libc lookup (UDP)", "TCP to Docker's resolver"),
+                              strict=True):
+            left = sniffer.left(label)
+            security_report.attack(
+                "25", f"from dev (the template as it is, the machine's resolver), {how} of a "
+                "unique name", expected="no packet carrying the name leaves the machine",
+                observed=f"left on {left or 'no interface'} (control left on "
+                f"{sniffer.left(control)})", ok=not left,
+            )
+    finally:
+        sniffer.close()
 
 
 def test_an_explicit_dns_server_is_not_asked_from_the_hosts_namespace(
