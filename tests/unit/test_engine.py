@@ -208,3 +208,27 @@ def test_doctor_reads_the_version_init_wrote_last(tmp_path: Path,
 
 def test_the_doctor_runs_the_engine_check() -> None:
     assert doctor.check_engine_dns in doctor.CHECKS
+
+
+def test_the_templates_dns_options_are_the_ones_the_doctor_recognises(tmp_path: Path,
+                                                                     isolated_home: Path) -> None:
+    """The mitigation on old engines rests on `dev` having DNS options of its own: the doctor
+    recognises them by value, so compose.yaml (both Compose files) and the doctor must agree.
+    The same bake pins /tmp's tmpfs (tests/docker/test_disk.py measures it)."""
+    import yaml
+    from cookiecutter.main import cookiecutter
+
+    root = Path(__file__).resolve().parents[2]
+    for dind in ("no", "yes"):
+        project = tmp_path / f"p-{dind}"
+        project.mkdir()
+        cookiecutter(str(root / "templates" / "isofeat"), no_input=True, output_dir=str(project),
+                     extra_context={"agents": "none", "docker_in_docker": dind})
+        for name in ("compose.yaml", "compose.dind.yaml"):
+            path = project / ".devcontainer" / name
+            if not path.exists():
+                continue
+            dev = yaml.safe_load(path.read_text())["services"]["dev"]
+            assert tuple(dev["dns_opt"]) == doctor.OWN_DNS_OPTIONS, name
+        dev = yaml.safe_load((project / ".devcontainer" / "compose.yaml").read_text())
+        assert dev["services"]["dev"]["tmpfs"] == ["/tmp:size=1g,exec"]
