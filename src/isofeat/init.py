@@ -13,7 +13,8 @@ What it does, for the worktree it is given:
    (outside the workspace: the agent must not read upstream credentials from it);
 4. verifies the workspace's git is the user's own, and makes the agent's own repository
    (once) in the state folder: the sandbox commits there, never into the user's ``.git``;
-5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml.
+5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml,
+   and the engine's version, which the sandbox cannot ask for (engine.py, cached).
 """
 
 from __future__ import annotations
