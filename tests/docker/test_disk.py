@@ -5,9 +5,9 @@ An environment baked from the template and brought up with Compose; as the agent
 of the host's filesystems (the one under the engine's data root and the one holding the
 worktree):
 
-- ``/tmp`` is a size-limited tmpfs (compose.yaml): a file larger than it fails with "No space
-  left on device" and the host's disk does not move. tmpfs pages count against the memory
-  limit, so it is bounded twice.
+- ``/tmp`` is a size-limited tmpfs (compose.yaml), ``/dev/shm`` Docker's 64 MB one: a file
+  larger than it fails with "No space left on device" and the host's disk does not move.
+  tmpfs pages count against the memory limit, so it is bounded twice.
 - The worktree (a bind mount of a host folder) and the container's writable layer (the rest
   of the home folder, /var/tmp) are NOT bounded: the host loses what the agent allocates.
   Measured with a small file, and recorded as documented limits (docs/threat-model.md,
@@ -72,7 +72,16 @@ def test_tmp_is_bounded_and_the_rest_is_a_documented_limit(
         ok="No space left on device" in out and "ALLOCATED" not in out and worst < 50 * MB,
         host_lost_mb=worst / MB,
     )
-    # Fill it to its size: the memory it takes stays inside the container's limit.
+    # /dev/shm: Docker's own 64 MB tmpfs.
+    out, lost = fill("/dev/shm/big", 100 * MB)
+    security_report.attack(
+        "21", "fallocate 100 MB in /dev/shm as uid 1001",
+        expected="No space left on device (Docker's 64 MB shm)",
+        observed=f"{next((ln for ln in out.splitlines() if 'fallocate' in ln), out)[-60:]}; "
+        f"host lost {max(lost.values()) // MB} MB",
+        ok="No space left on device" in out and max(lost.values()) < 50 * MB,
+    )
+    # Fill /tmp to its size: the memory it takes stays inside the container's limit.
     out, lost = fill("/tmp/full", TMP_SIZE - 8 * MB)
     assert "ALLOCATED" in out and max(lost.values()) < 50 * MB, (out, lost)
     env.agent("rm -f /tmp/full")
