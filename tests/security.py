@@ -36,6 +36,8 @@ SECURITY_TESTS = (
     "docker/test_faults.py",
     "docker/test_load.py",
     "docker/test_dns.py",
+    "docker/test_sni.py",
+    "docker/test_disk.py",
 )
 
 

@@ -13,7 +13,8 @@ What it does, for the worktree it is given:
    (outside the workspace: the agent must not read upstream credentials from it);
 4. verifies the workspace's git is the user's own, and makes the agent's own repository
    (once) in the state folder: the sandbox commits there, never into the user's ``.git``;
-5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml.
+5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml,
+   and the engine's version, which the sandbox cannot ask for (engine.py, cached).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from isofeat import __version__, hostgit, layout
+from isofeat.engine import engine_version
 from isofeat.errors import IsofeatError
 from isofeat.hostgit import HostGit
 from isofeat.layout import NO_GIT_TARGET, NO_POINTER_TARGET, SANDBOX_GID, Environment
@@ -356,6 +358,9 @@ def init(
         "ISOFEAT_PIDS_LIMIT": str(settings.pids_limit),
         "ISOFEAT_MEM_LIMIT": settings.memory,
         "ISOFEAT_CPUS": resolve_cpus(settings.cpus, os.cpu_count()),
+        # For the doctor's engine-dns check (CVE-2024-29018): the sandbox cannot ask the
+        # engine. Cached by the engine socket's identity: one stat on a warm open.
+        "ISOFEAT_ENGINE_VERSION": engine_version(environ),
     }
     for key, value in values.items():
         if "\n" in value or "\r" in value:
