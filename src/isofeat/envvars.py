@@ -20,6 +20,9 @@ ISOFEAT_SANDBOX = "ISOFEAT_SANDBOX"
 ISOFEAT_WORKSPACE = "ISOFEAT_WORKSPACE"
 CI = "CI"
 DOCKER_HOST = "DOCKER_HOST"
+# Where `isofeat secrets set` keeps values: "keyring" or "file" (default: the keyring when it
+# has a real backend, else a 0600 file under the config folder).
+ISOFEAT_SECRETS_BACKEND = "ISOFEAT_SECRETS_BACKEND"
 
 ALL: tuple[str, ...] = (
     HOME,
@@ -30,6 +33,7 @@ ALL: tuple[str, ...] = (
     ISOFEAT_WORKSPACE,
     CI,
     DOCKER_HOST,
+    ISOFEAT_SECRETS_BACKEND,
     "ISOFEAT_NOTIFY_DIR",  # defined with the notification helpers below
     "ISOFEAT_NOTIFY_SOURCE",
     "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below
