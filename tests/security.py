@@ -26,6 +26,7 @@ SECURITY_TESTS = (
     "docker/test_faults.py",
     "docker/test_load.py",
     "docker/test_dns.py",
+    "docker/test_secrets.py",
 )
 
 
