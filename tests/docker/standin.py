@@ -9,6 +9,10 @@ Paths:
   /echo          answers with the request's headers, in the body and in x-echo-* headers
                  (a server that reflects the credential back)
   /big?mb=N      N MiB of 'a', streamed (the download benchmark)
+  /*.git/*       401 with a Basic challenge until an Authorization header comes (git over
+                 HTTPS sends its credentials only then)
+  /v1/messages   a minimal Anthropic Messages answer saying STANDIN-REPLY (JSON, or server-sent
+                 events when the request asks for a stream): enough for a real `claude -p`
   anything else  200 "ok"
 
 Usage: python3 standin.py CERT KEY   (HTTPS on 443, plain HTTP on 80)
@@ -26,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 LOG = "/tmp/requests.jsonl"
 LOCK = threading.Lock()
 CHUNK = b"a" * (1 << 20)
+REPLY = "STANDIN-REPLY"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -60,6 +65,15 @@ class Handler(BaseHTTPRequestHandler):
             for _ in range(mb):
                 self.wfile.write(CHUNK)
             return
+        if ".git/" in url.path and "authorization" not in self.headers:
+            self.send_response(401)
+            self.send_header("www-authenticate", 'Basic realm="standin"')
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if url.path == "/v1/messages" and self.command == "POST":
+            self._messages(body)
+            return
         if url.path == "/echo":
             text = json.dumps({"headers": [[k, v] for k, v in self.headers.items()],
                                "body": body.decode("latin-1")}).encode()
@@ -75,6 +89,39 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", "3")
         self.end_headers()
         self.wfile.write(b"ok\n")
+
+    def _messages(self, body: bytes) -> None:
+        try:
+            stream = bool(json.loads(body or b"{}").get("stream"))
+        except ValueError:
+            stream = False
+        usage = {"input_tokens": 1, "output_tokens": 1}
+        message = {"id": "msg_standin", "type": "message", "role": "assistant",
+                   "model": "claude-standin", "stop_sequence": None, "usage": usage}
+        if not stream:
+            text = json.dumps({**message, "stop_reason": "end_turn",
+                               "content": [{"type": "text", "text": REPLY}]}).encode()
+            kind = "application/json"
+        else:
+            events = [
+                ("message_start", {"message": {**message, "content": [], "stop_reason": None}}),
+                ("content_block_start", {"index": 0, "content_block": {"type": "text",
+                                                                       "text": ""}}),
+                ("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                               "text": REPLY}}),
+                ("content_block_stop", {"index": 0}),
+                ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                   "usage": {"output_tokens": 1}}),
+                ("message_stop", {}),
+            ]
+            text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
+                           for name, data in events).encode()
+            kind = "text/event-stream"
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
 
     do_GET = do_POST = do_PUT = do_HEAD = _handle
 

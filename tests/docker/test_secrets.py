@@ -43,6 +43,7 @@ BOUND = {
     "GEMINI_API_KEY": ("generativelanguage.googleapis.com", "x-goog-api-key", "{}"),
     "GITHUB_TOKEN": ("api.github.com", "authorization", "token {}"),
 }
+CLAUDE_TAG = "isofeat-test/claude:1"
 NAMES = ["api.anthropic.com", "api.openai.com", "generativelanguage.googleapis.com",
          "github.com", "api.github.com", "unbound.test"]
 
@@ -132,8 +133,20 @@ class Brokered:
         return [name for name, value in self.real.items() if value in text]
 
 
+@pytest.fixture(scope="session")
+def claude_image(docker_client: Any, netkit_image: str) -> str:
+    """netkit plus Node and the real Claude Code CLI (tests/docker/claude/Dockerfile)."""
+    try:
+        docker_client.images.get(CLAUDE_TAG)
+    except Exception:  # docker.errors.ImageNotFound; build below
+        docker_client.images.build(path=str(HERE / "claude"), tag=CLAUDE_TAG, rm=True,
+                                   buildargs={"BASE_IMAGE": netkit_image})
+    return CLAUDE_TAG
+
+
 @pytest.fixture
 def brokered(
+    request: pytest.FixtureRequest,
     make_env: Callable[..., Env],  # noqa: F811  # the fixture imported above
     isolated_home: Path,
     docker_client: Any,
@@ -166,7 +179,10 @@ def brokered(
     for f in files.iterdir():
         f.chmod(0o644)
 
-    env = make_env("secrets", base_image=netkit_image, extra_whitelist="unbound.test")
+    # `dev` runs netkit, or (indirect parameter "claude") netkit with the real Claude Code CLI.
+    dev_image = (request.getfixturevalue("claude_image")
+                 if getattr(request, "param", None) == "claude" else netkit_image)
+    env = make_env("secrets", base_image=dev_image, extra_whitelist="unbound.test")
     egress = docker_client.networks.get(f"{env.name}_egress")
     standin = run_container(
         netkit_image, network=egress, aliases=NAMES,
@@ -254,6 +270,43 @@ def test_the_agents_authenticate_with_the_real_value_and_see_placeholders(
     )
     log = b.broker_log()
     assert '"event": "forwarded"' in log and not b.leaks(log)
+
+
+@pytest.mark.parametrize("brokered", ["claude"], indirect=True)
+def test_the_real_claude_cli_and_git_authenticate_with_placeholders(
+    brokered: Brokered, security_report: Any
+) -> None:
+    b = brokered
+    b.reset()
+    done = b.agent("cd /tmp && HOME=/tmp/claude-home timeout 120 claude -p 'say hi' 2>&1;"
+                   " echo rc=$?", timeout=180)
+    messages = [a for a in b.arrived() if a["path"].startswith("/v1/messages")]
+    keys = {_header(a, "x-api-key") for a in messages}
+    print(done.stdout[-2000:], [a["path"] for a in b.arrived()])
+    security_report.attack(
+        CASE, "the real Claude Code CLI (claude -p) with ANTHROPIC_API_KEY = the placeholder",
+        expected="the stand-in API gets the real key in x-api-key; claude prints its reply",
+        observed=f"{len(messages)} /v1/messages request(s); real key arrived "
+                 f"{keys == {b.real['ANTHROPIC_API_KEY']}}; reply shown "
+                 f"{'STANDIN-REPLY' in done.stdout}; leaks to the agent {b.leaks(done.stdout)}",
+        ok=bool(messages) and keys == {b.real["ANTHROPIC_API_KEY"]}
+        and "STANDIN-REPLY" in done.stdout and not b.leaks(done.stdout),
+    )
+    # git over HTTPS with a credential helper that hands git the placeholder.
+    b.reset()
+    helper = "!f() { echo username=x-access-token; echo \"password=$GH_TOKEN\"; }; f"
+    done = b.agent(f"cd /tmp && HOME=/tmp/git-home git -c credential.helper='{helper}' "
+                   "ls-remote https://github.com/o/r.git 2>&1; echo rc=$?")
+    auths = [_header(a, "authorization") for a in b.arrived()]
+    expected = "Basic " + base64.b64encode(
+        f"x-access-token:{b.real['GITHUB_TOKEN']}".encode()).decode()
+    security_report.attack(
+        CASE, "git ls-remote https://github.com/... with a credential helper giving $GH_TOKEN",
+        expected="401 first, then the real token in git's Basic header; none in git's output",
+        observed=f"authorizations at the server: {[a is not None for a in auths]}; real token "
+                 f"in Basic: {expected in auths}; leaks to the agent {b.leaks(done.stdout)}",
+        ok=auths[:1] == [None] and expected in auths and not b.leaks(done.stdout),
+    )
 
 
 # --------------------------------------------------------------------------- attacks
