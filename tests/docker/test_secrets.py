@@ -432,7 +432,7 @@ def test_a_placeholder_is_worth_nothing_anywhere_else(
     # for bound names only (name constraints), so curl refuses the certificate; with -k the
     # broker refuses the request.
     b.reset()
-    status, _ = b.curl("--connect-to", "unbound.test:443:api.anthropic.com:443",
+    status, why = b.curl("--connect-to", "unbound.test:443:api.anthropic.com:443",
                          "https://unbound.test/v1/x", "-H", f"x-api-key: {key}")
     status_k, _ = b.curl("-k", "--connect-to", "unbound.test:443:api.anthropic.com:443",
                              "https://unbound.test/v1/x", "-H", f"x-api-key: {key}")
@@ -440,8 +440,10 @@ def test_a_placeholder_is_worth_nothing_anywhere_else(
     rows.append((CASE, "CONNECT to the bound host with another SNI (unbound.test)",
                  "certificate refused by the client (name constraints); with -k the broker "
                  "refuses (403)",
-                 f"verified: {status}; -k: {status_k}; arrived {len(arrived)}",
-                 "rc=60" in status and "403" in status_k.split()[:2] and not arrived))
+                 f"verified: {status} ({why.strip()[-80:]}); -k: {status_k}; arrived "
+                 f"{len(arrived)}",
+                 "rc=60" in status and "permitted subtree violation" in why
+                 and "403" in status_k.split()[:2] and not arrived))
     # Upper case: names are case-insensitive, and tinyproxy's upstream rule and the broker
     # agree: it is the bound host, and gets the value; the agent still sees none.
     b.reset()
