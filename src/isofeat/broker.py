@@ -54,12 +54,17 @@ class Binding:
     travel in, and the variables that hold its placeholder in ``dev``."""
 
     def __init__(self, secret: str, hosts: Sequence[str], header: str, env: Sequence[str],
-                 source: str = "built-in") -> None:
+                 source: str = "built-in", methods: Sequence[str] | None = None,
+                 paths: Sequence[str] | None = None) -> None:
         self.secret = secret
         self.hosts = tuple(hosts)
         self.header = header.lower()
         self.env = tuple(env)
         self.source = source
+        #: When set, the value is put only into requests with one of these methods and a
+        #: path (without the query) that matches one of these globs; others are refused.
+        self.methods = tuple(methods) if methods else None
+        self.paths = tuple(paths) if paths else None
 
     def targets(self) -> list[tuple[str, int]]:
         out = []
@@ -107,6 +112,11 @@ SCHEMA: dict[str, object] = {
                     "header": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"},
                     "env": {"type": "array", "uniqueItems": True,
                             "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}},
+                    "methods": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH",
+                                                   "DELETE", "OPTIONS"]}},
+                    "paths": {"type": "array", "minItems": 1, "uniqueItems": True,
+                              "items": {"type": "string", "pattern": r"^/[!-~]*$"}},
                 },
             },
         },
@@ -189,7 +199,8 @@ def read_user_bindings(path: Path) -> list[Binding]:
                 raise IsofeatError(f"{path}:{line}: bindings/{i}/hosts: port {port} is out of "
                                    "range", fix="use a port from 1 to 65535 (default 443)")
         out.append(Binding(item["secret"], hosts, header, item.get("env", [item["secret"]]),
-                           source=f"{path}:{line}"))
+                           source=f"{path}:{line}", methods=item.get("methods"),
+                           paths=item.get("paths")))
     return out
 
 
@@ -280,7 +291,9 @@ def prepare(env: layout.Environment, environ: Mapping[str, str] = os.environ) ->
 
     records = [
         {"name": b.secret, "host": host, "port": port, "header": b.header,
-         "placeholder": placeholders[b.secret], "value": values[b.secret]}
+         "placeholder": placeholders[b.secret], "value": values[b.secret],
+         "methods": list(b.methods) if b.methods else None,
+         "paths": list(b.paths) if b.paths else None}
         for b in active for host, port in b.targets()
     ]
     # Extra CAs for the bound hosts' real servers (a GitHub Enterprise with a private CA),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import json
 import sys
 import time
@@ -49,8 +50,25 @@ class Binding:
         self.header = str(raw["header"]).lower()
         self.placeholder = str(raw["placeholder"])
         self.value = str(raw["value"])
+        # Optional rules: the value goes only into these methods and paths (globs).
+        self.methods = tuple(raw.get("methods") or ()) or None
+        self.paths = tuple(raw.get("paths") or ()) or None
         if not self.placeholder or not self.value or self.placeholder in self.value:
             raise ValueError(f"binding {self.name}: empty or overlapping placeholder and value")
+
+    def allows(self, method: str, path: str) -> bool:
+        if self.methods is not None and method.upper() not in self.methods:
+            return False
+        if self.paths is None:
+            return True
+        bare = path.split("?", 1)[0]
+        # The server resolves dot segments and decodes escapes; a glob sees the raw text. A
+        # path it could read differently (/o/r/../x, %2e%2e, //x, a backslash) never matches.
+        segments = bare.split("/")[1:]
+        if (any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1:] == [".."]
+                or "\\" in bare or any(e in bare.lower() for e in ("%2e", "%2f", "%5c"))):
+            return False
+        return any(fnmatch.fnmatchcase(bare, p) for p in self.paths)
 
 
 class Scrubber:
@@ -176,6 +194,12 @@ class Broker:
             new, used = self.substitute(values[0], mine)
             if new is None:
                 self.refuse(flow, f"another binding's placeholder in {header}", **where)
+                return
+            denied = [b.name for b in mine if b.name in used
+                      and not b.allows(req.method, req.path)]
+            if denied:
+                self.refuse(flow, "method or path not allowed for this credential",
+                            bindings=denied, path=req.path.split("?", 1)[0][:200], **where)
                 return
             if used:
                 req.headers[header] = new
