@@ -43,6 +43,8 @@ BOUND = {
     "GEMINI_API_KEY": ("generativelanguage.googleapis.com", "x-goog-api-key", "{}"),
     "GITHUB_TOKEN": ("api.github.com", "authorization", "token {}"),
 }
+RULED = {"secret": "RULED_TOKEN", "hosts": ["api.github.com"], "header": "x-ruled-token",
+         "methods": ["GET"], "paths": ["/repos/o/r/*"]}
 CLAUDE_TAG = "isofeat-test/claude:1"
 NAMES = ["api.anthropic.com", "api.openai.com", "generativelanguage.googleapis.com",
          "github.com", "api.github.com", "unbound.test"]
@@ -162,12 +164,15 @@ def brokered(
     # The base image's CA bundle, into the isolated state folder (as `image build` leaves it).
     image_build.export_base_bundle(docker_client, base_image,
                                    docker_client.images.get(base_image).id)
-    real = {name: f"REAL-{name.lower()}-{uuid.uuid4().hex}" for name in BOUND}
+    real = {name: f"REAL-{name.lower()}-{uuid.uuid4().hex}" for name in [*BOUND, "RULED_TOKEN"]}
+    # A user binding with rules: GET only, under /repos/o/r/ only.
+    config = isolated_home / ".config" / "isofeat"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "bindings.json").write_text(json.dumps({"bindings": [RULED]}))
     for name, value in real.items():
         monkeypatch.setattr("sys.stdin", io.StringIO(value))
         assert main(["secrets", "set", name]) == 0
     ca_pem, cert_pem, key_pem = make_test_ca(NAMES)
-    config = isolated_home / ".config" / "isofeat"
     (config / "broker-upstream-ca.pem").write_bytes(ca_pem)
     files = tmp_path / "standin"
     files.mkdir()
@@ -482,6 +487,37 @@ def test_a_placeholder_is_worth_nothing_anywhere_else(
     log = b.broker_log()
     assert '"event": "refused"' in log and "placeholder in the url" in log.lower()
     assert not b.leaks(log)
+
+
+def test_a_credential_with_rules_goes_only_into_allowed_methods_and_paths(
+    brokered: Brokered, security_report: Any
+) -> None:
+    b = brokered
+    key = b.placeholder["RULED_TOKEN"]
+    header = f"x-ruled-token: {key}"
+    rows: list[tuple[str, str, str, object, bool]] = []
+    for what, args, allowed in [
+        ("GET under the allowed path", ["https://api.github.com/repos/o/r/issues"], True),
+        ("POST under the allowed path", ["-X", "POST", "https://api.github.com/repos/o/r/x"],
+         False),
+        ("GET outside the allowed path", ["https://api.github.com/repos/o/other/x"], False),
+        ("dot segments out of the allowed path",
+         ["--path-as-is", "https://api.github.com/repos/o/r/../../o/other/x"], False),
+        ("an encoded dot segment", ["https://api.github.com/repos/o/r/%2e%2e/other"], False),
+        ("a double slash", ["--path-as-is", "https://api.github.com/repos/o/r//x"], False),
+    ]:
+        b.reset()
+        status, out = b.curl(*args, "-H", header)
+        arrived = b.arrived()
+        got = [_header(a, "x-ruled-token") for a in arrived]
+        ok = (status.startswith("200") and got == [b.real["RULED_TOKEN"]] if allowed
+              else status.startswith("403") and not arrived)
+        rows.append((CASE, f"rules GET /repos/o/r/*: {what}",
+                     "substituted" if allowed else "refused (403), nothing sent",
+                     f"status {status}; arrived {len(arrived)}; leaks {b.leaks(out)}",
+                     ok and not b.leaks(out)))
+    security_report.many("attack", rows)
+    assert "method or path not allowed" in b.broker_log()
 
 
 def test_with_the_broker_down_nothing_gets_through(brokered: Brokered, security_report: Any

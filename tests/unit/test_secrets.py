@@ -101,6 +101,10 @@ def test_a_bad_name_is_exit_2(home: Path, monkeypatch: pytest.MonkeyPatch,
      '  "header": "x-k", "extra": 1}\n]}\n', 2, "extra"),
     ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"],\n'
      '  "header": "x-k",}\n]}\n', 3, "not valid JSON"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"], "header": "x-k",\n'
+     '  "methods": ["get"]}\n]}\n', 3, "methods"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"], "header": "x-k",\n'
+     '  "paths": ["repos/*"]}\n]}\n', 3, "paths"),
 ])
 def test_a_bad_bindings_file_is_exit_2_with_file_line_and_fix(
     home: Path, capsys: pytest.CaptureFixture[str], text: str, line: int, words: str
