@@ -38,6 +38,7 @@ SECURITY_TESTS = (
     "docker/test_dns.py",
     "docker/test_sni.py",
     "docker/test_disk.py",
+    "docker/test_secrets.py",
 )
 
 

@@ -23,6 +23,9 @@ DOCKER_HOST = "DOCKER_HOST"
 # Where the docker CLI finds its engine when DOCKER_HOST is unset (engine.py asks the same one).
 DOCKER_CONTEXT = "DOCKER_CONTEXT"
 DOCKER_CONFIG = "DOCKER_CONFIG"
+# Where `isofeat secrets set` keeps values: "keyring" or "file" (default: the keyring when it
+# has a real backend, else a 0600 file under the config folder).
+ISOFEAT_SECRETS_BACKEND = "ISOFEAT_SECRETS_BACKEND"
 
 ALL: tuple[str, ...] = (
     HOME,
@@ -35,6 +38,7 @@ ALL: tuple[str, ...] = (
     DOCKER_HOST,
     DOCKER_CONTEXT,
     DOCKER_CONFIG,
+    ISOFEAT_SECRETS_BACKEND,
     "ISOFEAT_NOTIFY_DIR",  # defined with the notification helpers below
     "ISOFEAT_NOTIFY_SOURCE",
     "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below

@@ -214,9 +214,10 @@ _PROXY_FILES = ("filter", "tinyproxy.conf", ".render-key")
 
 
 def _render_key(defaults: str, files: list[Path], settings: Settings,
-                allow_clients: tuple[str, ...]) -> str:
+                allow_clients: tuple[str, ...], broker_hosts: tuple[str, ...] = ()) -> str:
     """A digest of everything a render depends on; equal digests give equal files."""
-    digest = hashlib.sha256(f"{__version__}\0{defaults}\0{settings}\0{allow_clients}".encode())
+    digest = hashlib.sha256(
+        f"{__version__}\0{defaults}\0{settings}\0{allow_clients}\0{broker_hosts}".encode())
     builtin = Path(__file__).parent / "whitelists" / f"{defaults}.txt"
     for path in (builtin, *files):
         digest.update(b"\0" + str(path).encode() + b"\0" + path.read_bytes())
@@ -248,6 +249,7 @@ def _probes(policy: Policy) -> tuple[str, str]:
 def _render_proxy(
     out: Path, *, defaults: str, project_file: Path, settings: Settings,
     allow_clients: tuple[str, ...], environ: Mapping[str, str],
+    broker_hosts: tuple[str, ...] = (),
 ) -> tuple[int, str, str]:
     """Render one proxy's config into ``out``; skipped when nothing it depends on changed.
 
@@ -256,7 +258,7 @@ def _render_proxy(
     from isofeat.envvars import global_whitelist
 
     files = [p for p in (global_whitelist(defaults, environ), project_file) if p.is_file()]
-    key = _render_key(defaults, files, settings, allow_clients)
+    key = _render_key(defaults, files, settings, allow_clients, broker_hosts)
     stamp = out / ".render-key"
     owner = proxy_owner()
     try:
@@ -274,6 +276,7 @@ def _render_proxy(
         [project_file] if project_file.is_file() else [],
         defaults=defaults, include_global=True, environ=environ,
         upstream=settings.upstream, no_upstream=settings.no_upstream, allow_clients=allow_clients,
+        broker_hosts=broker_hosts,
     )
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Folder first: the credentials must never sit in a folder others can enter.
@@ -324,9 +327,14 @@ def init(
     if share:
         shared = share_with_sandbox(workspace)
     subnet = dind_subnet(env_id)
+    # Secrets: the broker's files, dev's placeholders, and which hosts tinyproxy sends to it.
+    from isofeat.broker import broker_container_user, prepare
+
+    secrets = prepare(env, environ)
     sandbox_entries, probe_allowed, probe_denied = _render_proxy(
         env.proxy_dir, defaults="sandbox", project_file=devcontainer / "whitelist.txt",
         settings=settings, allow_clients=(), environ=environ,
+        broker_hosts=tuple(secrets.host_names),
     )
     dind_entries, _, _ = _render_proxy(
         env.dind_proxy_dir, defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
@@ -355,6 +363,13 @@ def init(
         "ISOFEAT_PROBE_ALLOWED": probe_allowed,
         "ISOFEAT_PROBE_DENIED": probe_denied,
         "ISOFEAT_ALLOW_HOST_ACCESS": "1" if settings.allow_host_access else "0",
+        # The credential broker runs only when a secret is bound (docs/secrets.md).
+        "ISOFEAT_BROKER_SCALE": "1" if secrets.active else "0",
+        "ISOFEAT_BROKER_IMAGE": layout.BROKER_IMAGE,
+        "ISOFEAT_BROKER_USER": broker_container_user(environ),
+        "ISOFEAT_BROKER_CONF": str(env.broker_dir),
+        "ISOFEAT_TRUST_DIR": str(env.trust_dir),
+        "ISOFEAT_SECRETS_ENV": str(env.secrets_env),
         "ISOFEAT_PIDS_LIMIT": str(settings.pids_limit),
         "ISOFEAT_MEM_LIMIT": settings.memory,
         "ISOFEAT_CPUS": resolve_cpus(settings.cpus, os.cpu_count()),
@@ -387,6 +402,8 @@ def init(
         "agent_git": git.git_dir if git.git_dir_target != NO_GIT_TARGET else None,
         "agent_git_created": git.created,
         "workspace_sharing": shared,
+        "secrets_bound": sorted({b.secret for b in secrets.active}),
+        "broker_hosts": secrets.host_names,
         "changed": changed,
     }
 
