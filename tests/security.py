@@ -18,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 #: The files whose tests record into the report (tests/report.py).
 SECURITY_TESTS = (
     "unit/test_bad_input.py",
+    "unit/test_notify_faults.py",
+    "unit/test_init_faults.py",
     "docker/test_proxy_egress.py",
     "docker/test_env_boundaries.py",
     "docker/test_dind.py",
