@@ -333,3 +333,41 @@ def test_send_refuses_past_the_folder_bound_and_the_watcher_drops_the_excess(
         and rate is not None and int(rate.group(1)) == MAX_PENDING_ENTRIES - RATE_PER_MINUTE
         and not list(folder.iterdir()),
     )
+
+
+def test_removing_an_environment_removes_what_its_agent_left_and_nothing_outside(
+    root: Path, tmp_path: Path, security_report: Any
+) -> None:
+    from isofeat.notify import remove_env_notify_dir
+
+    folder = ensure_env_notify_dir("env-a")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "canary").write_text("keep")
+    put(folder, "never shown")
+    (folder / "link-out").symlink_to(outside, target_is_directory=True)
+    (folder / "junk").mkdir()
+    (folder / "junk" / "link-file").symlink_to(outside / "canary")
+    # Deeper than Python's recursion allows shutil.rmtree to go.
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.symlink(str(outside), "deep-link", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert remove_env_notify_dir("env-a") is True
+    left = sorted(p.name for p in root.iterdir())
+    security_report.fault(
+        "fault: notification folder full",
+        "remove an environment (`isofeat task rm`) whose agent left a notification, links out "
+        "of the folder and a tree 3,000 folders deep",
+        expected="the folder is gone with everything in it; nothing outside is touched",
+        observed=f"left in the root {left}; outside {sorted(p.name for p in outside.iterdir())}"
+        f" with {(outside / 'canary').read_text()!r}",
+        ok=left == [] and (outside / "canary").read_text() == "keep"
+        and sorted(p.name for p in outside.iterdir()) == ["canary"],
+    )

@@ -129,10 +129,15 @@ def remove_env_notify_dir(env_id: str, environ: Mapping[str, str] = os.environ) 
     except FileNotFoundError:
         return False
     if stat.S_ISDIR(st.st_mode):
-        import shutil  # only `task rm` needs it; `init` imports this module too
+        # The sandbox filled it: fd-based, no link followed, any depth (shutil.rmtree
+        # recurses and fails on a tree a few thousand folders deep). Only `task rm` gets here.
+        from isofeat.notify.tree import remove_folder
 
-        # rmtree does not follow symlinks inside the tree (fd-based on Linux).
-        shutil.rmtree(path)
+        root_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            remove_folder(root_fd, path.name)
+        finally:
+            os.close(root_fd)
     else:
         path.unlink()
     return True

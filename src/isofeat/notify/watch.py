@@ -52,6 +52,7 @@ from isofeat.notify import (
 )
 from isofeat.notify.backends import Display, Shown
 from isofeat.notify.message import MAX_FILE_BYTES, InvalidNotification, validate
+from isofeat.notify.tree import remove_tree
 
 RATE_PER_MINUTE = 10
 SUMMARY_INTERVAL_SECONDS = 60.0
@@ -60,10 +61,6 @@ DEBOUNCE_SECONDS = 0.1
 # Bound on remembered "left alone" items, so a sandbox creating folders without end cannot
 # grow the watcher's memory; past it, further such items are skipped silently.
 MAX_REPORTED = 10_000
-# Work bounds for removing a folder a sandbox made: open folders held at once, and entries
-# removed per pass (the rest goes in the next pass, so one huge tree cannot stall the others).
-MAX_TREE_DEPTH = 32
-MAX_TREE_REMOVALS = 10_000
 # In the root (0700, never mounted into a container), hidden so it is not an environment.
 JOURNAL_NAME = ".watch-journal"
 
@@ -195,49 +192,6 @@ class Journal:
                 self.path.unlink()
         os.close(self.fd)
         self.fd = None
-
-
-def remove_tree(env_fd: int, name: str, budget: int = MAX_TREE_REMOVALS) -> bool:
-    """Remove the folder ``name`` in ``env_fd`` and all it holds; ``True`` when it is gone.
-
-    A sandbox made it, so: every open is relative to the parent's fd with ``O_NOFOLLOW`` and
-    ``O_DIRECTORY`` (a symlink inside is unlinked as a link, never entered, so nothing
-    outside the folder is touched); at most :data:`MAX_TREE_DEPTH` folders are open at once,
-    and a folder deeper than that is moved up into ``env_fd`` under a hidden name and
-    removed later (a tree of any depth goes, without recursion or fd exhaustion); at most
-    ``budget`` entries go per call, and the next pass goes on.
-    """
-    from secrets import token_hex
-
-    stack = [(env_fd, name, os.open(name, _DIR_FLAGS, dir_fd=env_fd))]
-    try:
-        while stack and budget > 0:
-            parent_fd, folder, fd = stack[-1]
-            child = None
-            for entry in os.listdir(fd):
-                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    os.unlink(entry, dir_fd=fd)
-                    budget -= 1
-                elif len(stack) < MAX_TREE_DEPTH:
-                    child = entry
-                    break
-                else:
-                    os.rename(entry, f".isofeat-rm-{token_hex(8)}", src_dir_fd=fd,
-                              dst_dir_fd=env_fd)
-                if budget <= 0:
-                    return False
-            if child is not None:
-                stack.append((fd, child, os.open(child, _DIR_FLAGS, dir_fd=fd)))
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(folder, dir_fd=parent_fd)
-            budget -= 1
-        return not stack
-    finally:
-        for _, _, fd in stack:
-            os.close(fd)
 
 
 class Processor:
