@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -275,7 +276,8 @@ class Processor:
                 except InvalidNotification:
                     pass  # cannot happen: it was validated before it was claimed
                 else:
-                    self._show(Shown(env=env, note=note))
+                    self._show(Shown(env=env, note=note), partial(self.journal.done, env, name))
+                    continue
                 self.journal.done(env, name)
         finally:
             for fd in envs.values():
@@ -427,8 +429,7 @@ class Processor:
         # Claim, remove, show, done: see Journal for why this order.
         self.journal.claim(env, name, data)
         self._remove(env, env_fd, name)
-        self._show(Shown(env=env, note=note))
-        self.journal.done(env, name)
+        self._show(Shown(env=env, note=note), lambda: self.journal.done(env, name))
 
     def _read(self, env: str, env_fd: int, name: str) -> bytes | None:
         try:
@@ -463,7 +464,8 @@ class Processor:
             return None
         return data
 
-    def _show(self, item: Shown) -> None:
+    def _show(self, item: Shown, committed: Callable[[], None]) -> None:
+        """Show ``item``; ``committed`` runs once that cannot be undone (the journal's done)."""
         self.shown += 1
         received = datetime.now().astimezone()
         if self.as_json:
@@ -480,8 +482,9 @@ class Processor:
             # ensure_ascii: the line on stdout is printable ASCII, whatever the content.
             print(json.dumps(record), file=self.out, flush=True)
             if self.display.tool is None:
+                committed()
                 return
-        self.display.show(item, received.strftime("%H:%M:%S"))
+        self.display.show(item, received.strftime("%H:%M:%S"), committed)
 
 
 def _oldest_first(name: str) -> tuple[int, str]:
