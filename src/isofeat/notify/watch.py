@@ -17,7 +17,7 @@ The folders are written by sandboxes, so everything in them is hostile (security
   bounded depth and work per pass); hidden files older than a minute are removed; finished
   files past the folder bound (100) are dropped unread and counted.
 * Exactly once across a crash: a notification is recorded in a host-private journal before
-  its file is removed, and marked done right after it is shown; a restarted watcher shows
+  its file is removed, and marked done once shown; a restarted watcher shows
   what the journal holds but never marked done (see :class:`Journal`).
 
 watchdog (imported only in :func:`watch`) tells the loop that something changed; the loop
@@ -114,9 +114,10 @@ class Journal:
     it again after a restart, and one killed between removing and showing loses it. The order
     per notification is: append ``claim`` (env, name, the validated bytes) here, remove the
     file, show, append ``done``. A restarted watcher first shows every claim without a
-    ``done`` (and removes its file if the kill came before the removal), so nothing is lost;
-    a duplicate needs a kill between the display call returning and the one ``write`` of
-    ``done`` (microseconds with stdout; with notify-send, while it runs). The journal lives
+    ``done`` (and removes its file if the kill came before the removal), so nothing is lost.
+    ``done`` is written as soon as showing cannot be undone: the line printed, or the desktop
+    tool started (it outlives the watcher), so a duplicate needs a kill in that moment
+    (microseconds with stdout, the milliseconds Popen takes to start notify-send). The journal lives
     in the root, which is 0700 and never mounted into a sandbox, so only the host user
     writes it. It is emptied whenever nothing is open, and removed when the watcher stops.
     An exclusive ``flock`` on it also keeps a second watcher on the same root from showing
