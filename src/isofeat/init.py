@@ -156,13 +156,15 @@ def dind_subnet(env_id: str) -> str:
 def _write_if_changed(
     path: Path, text: str, *, mode: int = 0o644, owner: tuple[int, int] | None = None
 ) -> bool:
+    from isofeat.atomic import remove_leftovers, temp_prefix, write_text
+
     try:
         if path.read_text(encoding="utf-8") == text:
+            # Unchanged, but a run killed while writing it may have left a temporary file.
+            remove_leftovers(path.parent, temp_prefix(path))
             return False
     except FileNotFoundError:
         pass
-    from isofeat.atomic import write_text  # tempfile is a costly import; only when writing
-
     write_text(path, text, mode=mode, owner=owner)
     return True
 

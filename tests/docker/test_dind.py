@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -548,6 +549,47 @@ def test_engine_stops_cleanly_and_restarts_with_its_images(
     print(f"\n[{stack.project}] engine usable {time.monotonic() - started:.1f}s after start")
     status = stack.dev("docker ps -a --filter name=isofeat-sleeper --format '{{.Status}}'")
     assert status.startswith("Exited"), status  # stopped with the engine, not lost
+
+
+def test_a_killed_engine_comes_back_by_itself_with_its_images(
+    stack: Stack, nested_base: str, security_report: Any
+) -> None:
+    """Issue 11, faults: the engine's process dies (a crash, the OOM killer); the fragment's
+    ``restart: unless-stopped`` brings it back, with the data volume's images. Runs after the
+    clean stop above; the sandbox's socket is the only way it is used."""
+    container = stack.container("docker")
+    container.reload()
+    before = (container.id, container.attrs["Image"], container.attrs["RestartCount"])
+    killed = time.monotonic()
+    os.kill(int(container.attrs["State"]["Pid"]), signal.SIGKILL)
+    refused = 0
+    out = ""
+    while time.monotonic() - killed < 120:
+        out = stack.dev('docker image inspect --format "{{.Id}}" "$1"', nested_base, check=False)
+        if out.startswith("sha256:"):
+            break
+        refused += 1
+        time.sleep(0.5)
+    recovery = time.monotonic() - killed
+    container.reload()
+    after = (container.id, container.attrs["Image"], container.attrs["RestartCount"])
+    works = stack.dev('docker run --rm "$1" echo nested-ok', nested_base, check=False)
+    if "nested-ok" not in works:
+        print(stack.logs_of(container)[-4000:])
+    print(f"\n[{stack.project}] engine SIGKILLed: usable again after {recovery:.1f}s "
+          f"({refused} refused probes), restarts {before[2]}->{after[2]}")
+    security_report.fault(
+        "fault: DinD engine killed",
+        "SIGKILL the DinD engine's process, the sandbox using it through its socket",
+        expected="restarted by Docker with the same container and image, the nested images "
+        "kept, a nested container runs again",
+        observed=f"restarts {before[2]}->{after[2]}, same container {after[0] == before[0]}, "
+        f"same image {after[1] == before[1]}, image kept {out.startswith('sha256:')}, "
+        f"nested run {'nested-ok' in works}",
+        ok=after[0] == before[0] and after[1] == before[1] and after[2] == before[2] + 1
+        and out.startswith("sha256:") and "nested-ok" in works,
+        recovery_s=recovery,
+    )
 
 
 # --- the entrypoint fails closed -------------------------------------------------------------
