@@ -39,8 +39,8 @@ from isofeat.layout import (
 from isofeat.notify import CONTAINER_NOTIFY_DIR
 from isofeat.tasks import remove_environment
 
-from .conftest import HOST_ANSWER
-from .test_env_boundaries import Env, host_addresses, make_env  # noqa: F401  # fixture
+from .conftest import HOST_ANSWER, Env
+from .test_env_boundaries import host_addresses
 from .test_main_job import bake, container_of, host_env, need, up
 
 pytestmark = pytest.mark.docker
@@ -238,7 +238,7 @@ def knock(where: str, port: int) -> str:
 
 def test_topology_cases_7_to_12(
     baked: Baked, security_report: Any, host_server: int,
-    make_env: Callable[..., Env],  # noqa: F811  # the fixture imported above
+    make_env: Callable[..., Env],
 ) -> None:
     other = make_env("other-env")  # a second environment, side by side
     other_addresses = [n["IPAddress"] for n in
