@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .test_env_boundaries import Env, make_env  # noqa: F401  # make_env is a fixture
+from .conftest import Env
 
 MB = 1 << 20
 #: What the template gives /tmp (compose.yaml, dev's tmpfs).
@@ -43,7 +43,7 @@ def docker_root() -> str:
 
 
 def test_tmp_is_bounded_and_the_rest_is_a_documented_limit(
-    make_env: Callable[..., Env], security_report: Any,  # noqa: F811  # the fixture
+    make_env: Callable[..., Env], security_report: Any,
 ) -> None:
     env = make_env("diskfill")
     tmpfs = env.inspect("dev")["HostConfig"]["Tmpfs"] or {}

@@ -44,7 +44,8 @@ from typing import Any
 
 import pytest
 
-from .test_env_boundaries import REPO, Env
+from .conftest import Env
+from .test_env_boundaries import REPO
 
 AGENT = "1001:2000"
 ZONE = "isofeat-dns-probe.test"

@@ -30,7 +30,7 @@ import pytest
 
 from isofeat.cli import main
 
-from .test_env_boundaries import Env, make_env  # noqa: F401  # make_env is a fixture
+from .conftest import Env
 
 pytestmark = pytest.mark.docker
 
@@ -149,7 +149,7 @@ def claude_image(docker_client: Any, netkit_image: str) -> str:
 @pytest.fixture
 def brokered(
     request: pytest.FixtureRequest,
-    make_env: Callable[..., Env],  # noqa: F811  # the fixture imported above
+    make_env: Callable[..., Env],
     isolated_home: Path,
     docker_client: Any,
     base_image: str,
@@ -199,8 +199,10 @@ def brokered(
         assert time.monotonic() < deadline, standin.logs().decode()
         time.sleep(0.2)
     # The test CA, for requests to the unbound stand-in (dev does not trust it by itself).
-    subprocess.run(["docker", "cp", str(files / "ca.pem"),
-                    f"{env.container_id('dev')}:/tmp/test-ca.pem"], check=True)
+    # Written through exec, not `docker cp`: /tmp is a tmpfs, which `docker cp` cannot see.
+    subprocess.run(["docker", "exec", "-i", env.container_id("dev"), "sh", "-c",
+                    "cat > /tmp/test-ca.pem"], input=(files / "ca.pem").read_bytes(),
+                   check=True)
     broker_dir = Path(env.env["ISOFEAT_BROKER_CONF"].strip("'"))
     key_text = (broker_dir / "ca.pem").read_text()
     key_body = key_text.split("-----", 3)[2].strip().splitlines()[1]  # a line of the key

@@ -32,6 +32,7 @@ import pytest
 from isofeat.layout import (
     GIT_OBJECTS_TARGET,
     NO_POINTER_TARGET,
+    TRUST_TARGET,
     WORKSPACE_TARGET,
     env_id_for,
     project_name,
@@ -386,7 +387,8 @@ def test_hardening_cases_13_to_15(baked: Baked, security_report: Any) -> None:
                                         capture_output=True, text=True, check=True).stdout)[0]
               ["Mounts"]}  # fmt: skip
     named = {WORKSPACE_TARGET, f"{WORKSPACE_TARGET}/.devcontainer", f"{WORKSPACE_TARGET}/.git",
-             GIT_OBJECTS_TARGET, NO_POINTER_TARGET, CONTAINER_NOTIFY_DIR, "/run/isofeat/dind",
+             GIT_OBJECTS_TARGET, NO_POINTER_TARGET, CONTAINER_NOTIFY_DIR, TRUST_TARGET,
+             "/run/isofeat/dind",
              "/home/claude/.claude", "/home/claude/.codex", "/home/claude/.gemini"}
     rows.append(("15", "mounts of dev", f"only {sorted(named)}", sorted(mounts),
                  set(mounts) <= named))
