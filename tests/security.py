@@ -28,6 +28,8 @@ START, END = "<!-- report:start -->", "<!-- report:end -->"
 #: The files whose tests record into the report (tests/report.py).
 SECURITY_TESTS = (
     "unit/test_bad_input.py",
+    "unit/test_notify_faults.py",
+    "unit/test_init_faults.py",
     "docker/test_proxy_egress.py",
     "docker/test_env_boundaries.py",
     "docker/test_dind.py",
@@ -36,6 +38,9 @@ SECURITY_TESTS = (
     "docker/test_faults.py",
     "docker/test_load.py",
     "docker/test_dns.py",
+    "docker/test_sni.py",
+    "docker/test_disk.py",
+    "docker/test_secrets.py",
 )
 
 

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "run",
     "notify",
     "scaffold",
+    "secrets",
 )
 
 
@@ -45,6 +46,7 @@ FAST_VERBS = {
     "notify": "notify",
     "run": "run",
     "whitelist": "whitelist",
+    "secrets": "secrets",
 }
 
 

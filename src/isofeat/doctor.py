@@ -551,6 +551,71 @@ def check_allowed_name(environ: Mapping[str, str] = os.environ) -> Check:
                  "want anything but 403")
 
 
+# --------------------------------------------------------------------------- the engine's DNS
+
+RESOLV_CONF = "/etc/resolv.conf"
+#: The DNS options compose.yaml gives `dev` (``dns_opt``). Options of its own put the engine
+#: on the path that forwards from the container's namespace (see check_engine_dns).
+OWN_DNS_OPTIONS = ("timeout:1", "attempts:1")
+
+
+def resolv_options(path: str = RESOLV_CONF) -> list[str]:
+    """The ``options`` of this container's resolv.conf, as the engine wrote them."""
+    found: list[str] = []
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as fh:
+        for line in fh:
+            words = line.split()
+            if words and words[0] == "options":
+                found += words[1:]
+    return found
+
+
+def check_engine_dns(environ: Mapping[str, str] = os.environ,
+                     resolv_conf: str = RESOLV_CONF) -> Check:
+    """The engine does not forward this sandbox's DNS queries out (CVE-2024-29018).
+
+    The sandbox cannot ask the engine; ``isofeat init`` records its version in .env. Engines
+    without the fix forward the queries of an internal network's container from the host's
+    namespace, but only on one path: when the container has no DNS settings of its own and
+    the host's resolv.conf names a loopback resolver. compose.yaml gives `dev` DNS options
+    (``dns_opt``), which the engine writes into this container's resolv.conf; then it forwards
+    from the container's own namespace, which has no route out (measured on Docker 20.10,
+    tests/docker/test_dns.py). An old engine with those options passes, marked NOT FIXED.
+    """
+    from isofeat import engine
+    from isofeat.envvars import ISOFEAT_ENGINE_VERSION
+
+    version = _live_env_file().get(ISOFEAT_ENGINE_VERSION) or environ.get(
+        ISOFEAT_ENGINE_VERSION, "")
+    upgrade = f"upgrade Docker Engine (or Docker Desktop) to {engine.FIXED_TEXT}"
+    if not version:
+        return Check("engine-dns", False,
+                     "the engine's version is unknown (ISOFEAT_ENGINE_VERSION is not set): "
+                     "run `isofeat init` on the host, where the engine answers, and reopen")
+    fixed = engine.has_fix(version)
+    if fixed:
+        return Check("engine-dns", True,
+                     f"Docker Engine {version} has the {engine.CVE} fix: it forwards no DNS "
+                     "query of an internal network")
+    options = resolv_options(resolv_conf)
+    own = all(option in options for option in OWN_DNS_OPTIONS)
+    what = "is unreadable" if fixed is None else f"predates the {engine.CVE} fix"
+    if own:
+        return Check(
+            "engine-dns", True,
+            f"NOT FIXED, mitigated: Docker Engine {version} {what}, but this container has DNS "
+            f"options of its own ({' '.join(OWN_DNS_OPTIONS)}), so the engine forwards its "
+            f"queries from this container's namespace, which has no route out. Still, {upgrade}",
+        )
+    return Check(
+        "engine-dns", False,
+        f"Docker Engine {version} {what}: with a loopback resolver on the host (systemd-resolved, "
+        "dnsmasq, a VPN's) it sends this sandbox's DNS queries out from the host's namespace, "
+        f"and data with them. Fix: {upgrade}; until then keep compose.yaml's dns_opt "
+        f"({', '.join(OWN_DNS_OPTIONS)}) on `dev` (`isofeat scaffold --force` writes it)",
+    )
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_user,
     check_capabilities,
@@ -562,6 +627,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_proxy_env,
     check_direct_egress,
     check_dns,
+    check_engine_dns,
     check_ipv6,
     check_host_access,
     check_denied_name,

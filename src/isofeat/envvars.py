@@ -20,6 +20,12 @@ ISOFEAT_SANDBOX = "ISOFEAT_SANDBOX"
 ISOFEAT_WORKSPACE = "ISOFEAT_WORKSPACE"
 CI = "CI"
 DOCKER_HOST = "DOCKER_HOST"
+# Where the docker CLI finds its engine when DOCKER_HOST is unset (engine.py asks the same one).
+DOCKER_CONTEXT = "DOCKER_CONTEXT"
+DOCKER_CONFIG = "DOCKER_CONFIG"
+# Where `isofeat secrets set` keeps values: "keyring" or "file" (default: the keyring when it
+# has a real backend, else a 0600 file under the config folder).
+ISOFEAT_SECRETS_BACKEND = "ISOFEAT_SECRETS_BACKEND"
 
 ALL: tuple[str, ...] = (
     HOME,
@@ -30,10 +36,14 @@ ALL: tuple[str, ...] = (
     ISOFEAT_WORKSPACE,
     CI,
     DOCKER_HOST,
+    DOCKER_CONTEXT,
+    DOCKER_CONFIG,
+    ISOFEAT_SECRETS_BACKEND,
     "ISOFEAT_NOTIFY_DIR",  # defined with the notification helpers below
     "ISOFEAT_NOTIFY_SOURCE",
     "ISOFEAT_PROBE_ALLOWED",  # defined with the self-test's probes below
     "ISOFEAT_PROBE_DENIED",
+    "ISOFEAT_ENGINE_VERSION",
     "ISOFEAT_SSH_CONFIG",  # defined in isofeat.remote: `ssh -F` for tasks on other machines
     "ISOFEAT_WHEEL_DIR",  # isofeat.remote: the wheel `task new --on --install` ships
 )
@@ -91,3 +101,8 @@ def notify_root(environ: Mapping[str, str] = os.environ) -> Path:
 # file, so the doctor cannot work the merged answer out for itself.
 ISOFEAT_PROBE_ALLOWED = "ISOFEAT_PROBE_ALLOWED"
 ISOFEAT_PROBE_DENIED = "ISOFEAT_PROBE_DENIED"
+
+# --- the engine's version (`isofeat doctor`'s engine-dns check) ---
+# Inside a sandbox: the host engine's version, as `isofeat init` recorded it in .env (the
+# sandbox cannot ask the engine). See engine.py for why it matters (CVE-2024-29018).
+ISOFEAT_ENGINE_VERSION = "ISOFEAT_ENGINE_VERSION"

@@ -248,6 +248,10 @@ def create_agent_git(host: HostGit, dest: Path, gid: int) -> bool:
         return False
     import shutil  # only on a first open: a warm init never gets here
 
+    from isofeat.atomic import remove_leftovers
+
+    # A run killed before the rename below left its half-made copy (named by its pid).
+    remove_leftovers(dest.parent, f".{dest.name}.tmp-", suffix="")
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)

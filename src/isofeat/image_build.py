@@ -9,6 +9,8 @@ Image chain::
                     isofeat/dind-proxy): Debian's tinyproxy, non-root, fail-closed entrypoint
     dind image      isofeat/dind:<version> (+ :latest): Debian's docker.io as a rootless
                     Docker-in-Docker engine (docs/docker-in-docker.md)
+    broker image    isofeat/broker:<version> (+ :latest): mitmproxy and the addon that puts
+                    the user's credentials into requests to bound hosts (docs/secrets.md)
 
 Each image carries labels (isofeat version, hash of its recipe folder, hash of the CA set,
 id of its parent) so that an image built from another recipe or CA set is rebuilt and an
@@ -36,6 +38,8 @@ from isofeat import __version__, extra_ca
 from isofeat.errors import IsofeatError
 from isofeat.layout import (  # re-exported: tests and commands use image_build's names
     BASE_IMAGE,
+    BROKER_IMAGE,
+    BROKER_REPOSITORY,
     DIND_IMAGE,
     DIND_PROXY_REPOSITORY,
     DIND_REPOSITORY,
@@ -45,7 +49,7 @@ from isofeat.layout import (  # re-exported: tests and commands use image_build'
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
-TARGETS = ("base", "proxy", "dind")
+TARGETS = ("base", "proxy", "dind", "broker")
 ROOT_PULL_IMAGE = "debian:bookworm-slim"
 ROOTFS_IMAGE = "isofeat/rootfs:bookworm"
 PROXY_REPOSITORIES = (PROXY_REPOSITORY, DIND_PROXY_REPOSITORY)
@@ -356,6 +360,7 @@ def build_base(
         wanted[LABEL_CA] = ca_set.sha256
     attrs = _inspect(client, tag)
     if not rebuild and attrs is not None and _up_to_date(attrs, wanted):
+        export_base_bundle(client, tag, str(attrs["Id"]))
         return ImageResult(
             "base", (tag,), attrs["Id"], "reused", time.monotonic() - started, _labels(attrs)
         )
@@ -385,7 +390,44 @@ def build_base(
             log=log,
         )
     _prune_replaced(client, attrs, image_id)
+    export_base_bundle(client, tag, image_id)
     return ImageResult("base", (tag,), image_id, "built", time.monotonic() - started, labels)
+
+
+BUNDLE_IN_IMAGE = "/etc/isofeat/ca-bundle.pem"
+
+
+def export_base_bundle(client: DockerClient, tag: str, image_id: str,
+                       environ: Mapping[str, str] = os.environ) -> Path:
+    """Copy the base image's CA bundle to the host (once per base image), where
+    ``isofeat init`` adds an environment's broker CA to it for `dev` (docs/secrets.md)."""
+    import io
+    import tarfile
+
+    from isofeat.atomic import write_text
+    from isofeat.broker import base_bundle_path
+
+    dest = base_bundle_path(environ)
+    stamp = dest.with_name(dest.name + ".image-id")
+    try:
+        if stamp.read_text(encoding="ascii").strip() == image_id and dest.is_file():
+            return dest
+    except FileNotFoundError:
+        pass
+    container = client.api.create_container(tag, command=["true"])
+    try:
+        chunks, _ = client.api.get_archive(container["Id"], BUNDLE_IN_IMAGE)
+        data = b"".join(chunks)
+    finally:
+        client.api.remove_container(container["Id"], force=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = next(m for m in tar.getmembers() if m.isfile())
+        handle = tar.extractfile(member)
+        assert handle is not None  # a regular file always has a handle
+        text = handle.read().decode("ascii")
+    write_text(dest, text, mode=0o644)
+    write_text(stamp, image_id + "\n", mode=0o644)
+    return dest
 
 
 def _prune_replaced(client: DockerClient, old: Mapping[str, Any] | None, new_id: str) -> None:
@@ -459,6 +501,18 @@ def build_dind(
                           base_tag=base_tag, rebuild=rebuild, log=log)
 
 
+def build_broker(
+    client: DockerClient,
+    *,
+    base_tag: str = BASE_IMAGE,
+    rebuild: bool = False,
+    log: Log = _stderr,
+) -> ImageResult:
+    """Build (or reuse) the credential broker image on top of an existing ``base_tag``."""
+    return _build_on_base(client, "broker", (BROKER_IMAGE, f"{BROKER_REPOSITORY}:latest"),
+                          base_tag=base_tag, rebuild=rebuild, log=log)
+
+
 def _build_on_base(
     client: DockerClient,
     target: str,
@@ -529,7 +583,8 @@ def build(
     client: DockerClient | None = None,
     log: Log = _stderr,
 ) -> list[ImageResult]:
-    """Build or reuse ``targets`` (``base``, ``proxy``, ``dind``) and what they depend on, in order.
+    """Build or reuse ``targets`` (``base``, ``proxy``, ``dind``, ``broker``) and what they
+    depend on, in order.
 
     ``ca_set=None`` keeps the CAs the existing base trusts (see :func:`build_base`).
     ``rebuild`` forces a no-cache build of the named targets only; a dependency is rebuilt
@@ -547,6 +602,8 @@ def build(
         results.append(build_proxy(client, rebuild=rebuild, log=log))
     if "dind" in targets:
         results.append(build_dind(client, rebuild=rebuild, log=log))
+    if "broker" in targets:
+        results.append(build_broker(client, rebuild=rebuild, log=log))
     return results
 
 

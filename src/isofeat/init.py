@@ -13,7 +13,8 @@ What it does, for the worktree it is given:
    (outside the workspace: the agent must not read upstream credentials from it);
 4. verifies the workspace's git is the user's own, and makes the agent's own repository
    (once) in the state folder: the sandbox commits there, never into the user's ``.git``;
-5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml.
+5. writes ``.devcontainer/.env``, which Compose reads for every ``${VAR}`` in compose.yaml,
+   and the engine's version, which the sandbox cannot ask for (engine.py, cached).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from isofeat import __version__, hostgit, layout
+from isofeat.engine import engine_version
 from isofeat.errors import IsofeatError
 from isofeat.hostgit import HostGit
 from isofeat.layout import NO_GIT_TARGET, NO_POINTER_TARGET, SANDBOX_GID, Environment
@@ -154,13 +156,15 @@ def dind_subnet(env_id: str) -> str:
 def _write_if_changed(
     path: Path, text: str, *, mode: int = 0o644, owner: tuple[int, int] | None = None
 ) -> bool:
+    from isofeat.atomic import remove_leftovers, temp_prefix, write_text
+
     try:
         if path.read_text(encoding="utf-8") == text:
+            # Unchanged, but a run killed while writing it may have left a temporary file.
+            remove_leftovers(path.parent, temp_prefix(path))
             return False
     except FileNotFoundError:
         pass
-    from isofeat.atomic import write_text  # tempfile is a costly import; only when writing
-
     write_text(path, text, mode=mode, owner=owner)
     return True
 
@@ -212,9 +216,10 @@ _PROXY_FILES = ("filter", "tinyproxy.conf", ".render-key")
 
 
 def _render_key(defaults: str, files: list[Path], settings: Settings,
-                allow_clients: tuple[str, ...]) -> str:
+                allow_clients: tuple[str, ...], broker_hosts: tuple[str, ...] = ()) -> str:
     """A digest of everything a render depends on; equal digests give equal files."""
-    digest = hashlib.sha256(f"{__version__}\0{defaults}\0{settings}\0{allow_clients}".encode())
+    digest = hashlib.sha256(
+        f"{__version__}\0{defaults}\0{settings}\0{allow_clients}\0{broker_hosts}".encode())
     builtin = Path(__file__).parent / "whitelists" / f"{defaults}.txt"
     for path in (builtin, *files):
         digest.update(b"\0" + str(path).encode() + b"\0" + path.read_bytes())
@@ -246,6 +251,7 @@ def _probes(policy: Policy) -> tuple[str, str]:
 def _render_proxy(
     out: Path, *, defaults: str, project_file: Path, settings: Settings,
     allow_clients: tuple[str, ...], environ: Mapping[str, str],
+    broker_hosts: tuple[str, ...] = (),
 ) -> tuple[int, str, str]:
     """Render one proxy's config into ``out``; skipped when nothing it depends on changed.
 
@@ -254,7 +260,7 @@ def _render_proxy(
     from isofeat.envvars import global_whitelist
 
     files = [p for p in (global_whitelist(defaults, environ), project_file) if p.is_file()]
-    key = _render_key(defaults, files, settings, allow_clients)
+    key = _render_key(defaults, files, settings, allow_clients, broker_hosts)
     stamp = out / ".render-key"
     owner = proxy_owner()
     try:
@@ -272,6 +278,7 @@ def _render_proxy(
         [project_file] if project_file.is_file() else [],
         defaults=defaults, include_global=True, environ=environ,
         upstream=settings.upstream, no_upstream=settings.no_upstream, allow_clients=allow_clients,
+        broker_hosts=broker_hosts,
     )
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Folder first: the credentials must never sit in a folder others can enter.
@@ -322,9 +329,14 @@ def init(
     if share:
         shared = share_with_sandbox(workspace)
     subnet = dind_subnet(env_id)
+    # Secrets: the broker's files, dev's placeholders, and which hosts tinyproxy sends to it.
+    from isofeat.broker import broker_container_user, prepare
+
+    secrets = prepare(env, environ)
     sandbox_entries, probe_allowed, probe_denied = _render_proxy(
         env.proxy_dir, defaults="sandbox", project_file=devcontainer / "whitelist.txt",
         settings=settings, allow_clients=(), environ=environ,
+        broker_hosts=tuple(secrets.host_names),
     )
     dind_entries, _, _ = _render_proxy(
         env.dind_proxy_dir, defaults="dind", project_file=devcontainer / "whitelist-dind.txt",
@@ -353,9 +365,19 @@ def init(
         "ISOFEAT_PROBE_ALLOWED": probe_allowed,
         "ISOFEAT_PROBE_DENIED": probe_denied,
         "ISOFEAT_ALLOW_HOST_ACCESS": "1" if settings.allow_host_access else "0",
+        # The credential broker runs only when a secret is bound (docs/secrets.md).
+        "ISOFEAT_BROKER_SCALE": "1" if secrets.active else "0",
+        "ISOFEAT_BROKER_IMAGE": layout.BROKER_IMAGE,
+        "ISOFEAT_BROKER_USER": broker_container_user(environ),
+        "ISOFEAT_BROKER_CONF": str(env.broker_dir),
+        "ISOFEAT_TRUST_DIR": str(env.trust_dir),
+        "ISOFEAT_SECRETS_ENV": str(env.secrets_env),
         "ISOFEAT_PIDS_LIMIT": str(settings.pids_limit),
         "ISOFEAT_MEM_LIMIT": settings.memory,
         "ISOFEAT_CPUS": resolve_cpus(settings.cpus, os.cpu_count()),
+        # For the doctor's engine-dns check (CVE-2024-29018): the sandbox cannot ask the
+        # engine. Cached by the engine socket's identity: one stat on a warm open.
+        "ISOFEAT_ENGINE_VERSION": engine_version(environ),
     }
     for key, value in values.items():
         if "\n" in value or "\r" in value:
@@ -382,6 +404,8 @@ def init(
         "agent_git": git.git_dir if git.git_dir_target != NO_GIT_TARGET else None,
         "agent_git_created": git.created,
         "workspace_sharing": shared,
+        "secrets_bound": sorted({b.secret for b in secrets.active}),
+        "broker_hosts": secrets.host_names,
         "changed": changed,
     }
 

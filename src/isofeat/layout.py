@@ -40,14 +40,24 @@ WORKSPACE_TARGET = "/workspace"
 GIT_OBJECTS_TARGET = "/run/isofeat/git-objects"
 NO_GIT_TARGET = "/run/isofeat/no-git"
 NO_POINTER_TARGET = "/run/isofeat/no-git-pointer"
+#: The trust bundle (system CAs + the environment's broker CA), mounted read-only into `dev`.
+TRUST_TARGET = "/run/isofeat/trust"
+#: The broker's rendered folder (bindings with real values, CA key) inside the broker only.
+BROKER_CONF_TARGET = "/etc/isofeat/broker"
+#: The broker's Compose service name and port: tinyproxy's `Upstream http broker:8080 "host"`.
+BROKER_SERVICE = "broker"
+BROKER_PORT = 8080
 
 # --- images (built by `isofeat image build`; compose.yaml gets the tags from .env) ---
 BASE_IMAGE = "isofeat/base:bookworm"
 PROXY_REPOSITORY = "isofeat/proxy"
 DIND_PROXY_REPOSITORY = "isofeat/dind-proxy"
 DIND_REPOSITORY = "isofeat/dind"
+#: The credential broker (mitmproxy + isofeat's addon), see docs/secrets.md.
+BROKER_REPOSITORY = "isofeat/broker"
 PROXY_IMAGE = f"{PROXY_REPOSITORY}:{__version__}"
 DIND_IMAGE = f"{DIND_REPOSITORY}:{__version__}"
+BROKER_IMAGE = f"{BROKER_REPOSITORY}:{__version__}"
 
 
 def env_id_for(workspace: Path) -> str:
@@ -100,6 +110,21 @@ class Environment:
     @property
     def dind_proxy_dir(self) -> Path:
         return self.state_dir / "dind-proxy"
+
+    @property
+    def broker_dir(self) -> Path:
+        """The broker's render: real values and the CA key; only the broker's uid reads it."""
+        return self.state_dir / "broker"
+
+    @property
+    def trust_dir(self) -> Path:
+        """Public: the environment's CA certificate and the bundle `dev` trusts."""
+        return self.state_dir / "trust"
+
+    @property
+    def secrets_env(self) -> Path:
+        """`dev`'s env_file: placeholders and CA variables (read by Compose on the host)."""
+        return self.state_dir / "dev-secrets.env"
 
     @property
     def agent_git(self) -> Path:

@@ -167,11 +167,18 @@ def render(
     allow_clients: Sequence[str] = (),
     max_clients: int = 100,
     conf_dir: str = CONTAINER_CONF_DIR,
+    broker_hosts: Sequence[str] = (),
 ) -> Rendered:
     """Return the text of ``tinyproxy.conf`` and of the filter for ``policy``."""
     if not 1 <= max_clients <= 10000:
         raise IsofeatError(f"--max-clients {max_clients}: out of range", fix="use 1 to 10000")
     up = parse_upstream(upstream) if upstream else None
+    if broker_hosts and up is not None:
+        raise IsofeatError(
+            "secrets are bound (isofeat secrets) and an upstream proxy is set: the credential "
+            "broker cannot reach its hosts through the upstream proxy yet",
+            fix="remove the upstream from isofeat.json, or the secrets (isofeat secrets rm)",
+        )
     if no_upstream and up is None:
         raise IsofeatError("--no-upstream needs --upstream", fix="add --upstream URL or drop it")
     direct = [_check_no_upstream(d) for d in no_upstream]
@@ -219,6 +226,13 @@ def render(
     conf += [f"ConnectPort {port}" for port in ports]
     # No Allow line means "allow every client" in tinyproxy; list them when asked.
     conf += [f"Allow {cidr}" for cidr in clients]
+    if broker_hosts:
+        # Only these names go to the credential broker (docs/secrets.md); tinyproxy's filter
+        # above still decides first, and every other host is relayed as before.
+        from isofeat.broker import upstream_lines
+
+        conf.append("# Bound hosts: relayed through the credential broker.")
+        conf += upstream_lines(broker_hosts)
     if up is not None:
         conf += [f'Upstream none "{domain}"' for domain in direct]
         conf.append(up.directive())
@@ -239,6 +253,7 @@ def render_layers(
     no_upstream: Sequence[str] = (),
     allow_clients: Sequence[str] = (),
     max_clients: int = 100,
+    broker_hosts: Sequence[str] = (),
 ) -> tuple[Policy, list[str], Rendered]:
     """Collect the whitelist layers, merge them and render: the one pipeline behind both
     ``isofeat init`` and ``isofeat proxy render``. Returns the policy, the layers' labels and
@@ -250,7 +265,7 @@ def render_layers(
     labels = [layer.label for layer in layers]
     rendered = render(
         policy, layers=labels, upstream=upstream, no_upstream=no_upstream,
-        allow_clients=allow_clients, max_clients=max_clients,
+        allow_clients=allow_clients, max_clients=max_clients, broker_hosts=broker_hosts,
     )
     return policy, labels, rendered
 

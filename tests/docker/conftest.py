@@ -403,3 +403,84 @@ def host_server() -> Iterator[int]:
     threading.Thread(target=serve, daemon=True).start()
     yield port
     server.close()
+
+
+# --------------------------------------------------------------- the template, with Compose
+
+REPO = HERE.parents[1]
+
+
+class Env:
+    """A project baked from the template, initialised and brought up with Compose."""
+
+    def __init__(self, project: Path) -> None:
+        self.project = project
+        self.compose_file = project / ".devcontainer" / "compose.yaml"
+        env = dict(
+            line.split("=", 1)
+            for line in (project / ".devcontainer" / ".env").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+        self.env = env
+        self.name = env["COMPOSE_PROJECT_NAME"]
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 180
+                ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["docker", "compose", "-f", str(self.compose_file), *args],
+                              capture_output=True, text=True, check=False, timeout=timeout)
+        if check:
+            assert done.returncode == 0, f"compose {args}: {done.stderr[-3000:]}"
+        return done
+
+    def agent(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` in `dev` as its configured user (the agent)."""
+        return self.compose("exec", "-T", "dev", "bash", "-c", script, check=False,
+                            timeout=timeout)
+
+    def container_id(self, service: str) -> str:
+        out = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.name}",
+             "--filter", f"label=com.docker.compose.service={service}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert len(out) == 1, out
+        return out[0]
+
+    def inspect(self, service: str) -> dict[str, Any]:
+        out = subprocess.run(["docker", "inspect", self.container_id(service)],
+                             capture_output=True, text=True, check=True).stdout
+        data: dict[str, Any] = json.loads(out)[0]
+        return data
+
+
+@pytest.fixture
+def make_env(
+    isolated_home: Path, tmp_path: Path, base_image: str, proxy_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., Env]]:
+    monkeypatch.delenv("COOKIECUTTER_CONFIG", raising=False)
+    made: list[Env] = []
+
+    def make(name: str, limits: dict[str, object] | None = None, **context: str) -> Env:
+        project = tmp_path / name
+        project.mkdir()
+        (project / "README.md").write_text("demo\n")
+        subprocess.run(["git", "init", "-q", str(project)], check=True)
+        from cookiecutter.main import cookiecutter  # heavy: only for the template tests
+
+        cookiecutter(str(REPO / "templates" / "isofeat"), no_input=True,
+                     output_dir=str(project), extra_context={"agents": "none", **context})
+        if limits is not None:
+            path = project / ".devcontainer" / "isofeat.json"
+            settings = json.loads(path.read_text())
+            settings["limits"] = limits
+            path.write_text(json.dumps(settings))
+        assert main(["init", "--quiet", str(project)]) == 0
+        env = Env(project)
+        made.append(env)
+        env.compose("up", "-d", "--wait", "--wait-timeout", "90")
+        return env
+
+    yield make
+    for env in made:
+        env.compose("down", "-v", "-t", "1", check=False)

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -388,21 +389,25 @@ def test_socket_is_the_only_way_in(stack: Stack) -> None:
 # --- SECURITY case 10: the sandbox cannot use docker-proxy ----------------------------------
 
 
-def test_sandbox_cannot_reach_docker_proxy(stack: Stack) -> None:
+def test_sandbox_cannot_reach_docker_proxy(stack: Stack, security_report: Any) -> None:
     # The name is unknown on the sandbox's network ...
     out = stack.dev('getent hosts docker-proxy; echo "rc=$?"', check=False)
     assert "rc=2" in out, out
     # ... its addresses do not answer ...
     for network, address in stack.addresses("docker-proxy").items():
         out = stack.dev(PROBE, address, "8888", "docker-proxy", check=False)
-        assert "tcp=124" in out, f"docker-proxy at {address} ({network}) answered: {out}"
+        security_report.attack("10", f"the DinD proxy at {address} ({network}), from dev",
+                               expected="no answer (timeout)", observed=out.strip()[-60:],
+                               ok="tcp=124" in out)
     # ... and the sandbox's own proxy refuses to relay to it, by name or by address.
     requests = [("GET http://docker-proxy:8888/ HTTP/1.1", "docker-proxy:8888")]
     for address in stack.addresses("docker-proxy").values():
         requests.append((f"CONNECT {address}:8888 HTTP/1.1", f"{address}:8888"))
     for line, host in requests:
         answer = stack.dev(ASK, "proxy", "8888", line, host)
-        assert status(answer).startswith("403 "), (line, answer)
+        security_report.attack("10", f"relay to the DinD proxy through dev's proxy: {line}",
+                               expected="403", observed=status(answer),
+                               ok=status(answer).startswith("403 "))
 
 
 def test_docker_proxy_admits_only_the_engine_network(
@@ -460,7 +465,8 @@ def test_engine_pulls_through_docker_proxy(stack: Stack) -> None:
     ids=["bridge", "host", "bridge-own-dns", "host-own-dns"],
 )
 def test_nested_containers_have_no_direct_egress(
-    stack: Stack, nested_base: str, outside: dict[str, str], run_args: list[str]
+    stack: Stack, nested_base: str, outside: dict[str, str], run_args: list[str],
+    security_report: Any,
 ) -> None:
     args = " ".join(run_args)
     # The origin (which an ordinary container reaches, see `outside`) does not answer and
@@ -469,8 +475,11 @@ def test_nested_containers_have_no_direct_egress(
         f'docker run --rm {args} "$1" bash -c "$2" _ "$3" 80 "$4"',
         nested_base, PROBE, outside["address"], EXTERNAL_NAME,
     )
-    assert "tcp=124" in out, out
-    assert "dns=2" in out, out
+    security_report.attack(
+        "11", f"nested container `docker run {args}`: TCP to an origin that an ordinary "
+        "container reaches, and an outside name", expected="tcp=124 (timeout), dns=2",
+        observed=" ".join(w for w in out.split() if w.startswith(("tcp=", "dns="))),
+        ok="tcp=124" in out and "dns=2" in out)
 
 
 # Connects to each address in $3.. on port $2 and prints "ADDRESS => what came back"; a
@@ -483,7 +492,8 @@ HOST_KNOCK = (
 
 @pytest.mark.parametrize("run_args", [[], ["--network", "host"]], ids=["bridge", "host"])
 def test_nested_containers_do_not_reach_the_host(
-    stack: Stack, nested_base: str, host_server: int, run_args: list[str]
+    stack: Stack, nested_base: str, host_server: int, run_args: list[str],
+    security_report: Any,
 ) -> None:
     out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
@@ -496,7 +506,12 @@ def test_nested_containers_do_not_reach_the_host(
     )
     print(answers)
     assert len([ln for ln in answers.splitlines() if "=>" in ln]) == len(targets), answers
-    assert "HOST-ANSWERED" not in answers and "refused" not in answers.lower(), answers
+    security_report.attack(
+        "20", f"nested container `docker run {' '.join(run_args)}`: a host server at the "
+        f"gateway and {len(targets) - 1} host addresses", expected="no answer",
+        observed="answered" if "HOST-ANSWERED" in answers or "refused" in answers.lower()
+        else "no answer", ok="HOST-ANSWERED" not in answers
+        and "refused" not in answers.lower(), tried=len(targets))
 
 
 def test_nested_containers_get_only_the_dind_whitelist(stack: Stack, nested_base: str) -> None:
@@ -534,6 +549,47 @@ def test_engine_stops_cleanly_and_restarts_with_its_images(
     print(f"\n[{stack.project}] engine usable {time.monotonic() - started:.1f}s after start")
     status = stack.dev("docker ps -a --filter name=isofeat-sleeper --format '{{.Status}}'")
     assert status.startswith("Exited"), status  # stopped with the engine, not lost
+
+
+def test_a_killed_engine_comes_back_by_itself_with_its_images(
+    stack: Stack, nested_base: str, security_report: Any
+) -> None:
+    """Issue 11, faults: the engine's process dies (a crash, the OOM killer); the fragment's
+    ``restart: unless-stopped`` brings it back, with the data volume's images. Runs after the
+    clean stop above; the sandbox's socket is the only way it is used."""
+    container = stack.container("docker")
+    container.reload()
+    before = (container.id, container.attrs["Image"], container.attrs["RestartCount"])
+    killed = time.monotonic()
+    os.kill(int(container.attrs["State"]["Pid"]), signal.SIGKILL)
+    refused = 0
+    out = ""
+    while time.monotonic() - killed < 120:
+        out = stack.dev('docker image inspect --format "{{.Id}}" "$1"', nested_base, check=False)
+        if out.startswith("sha256:"):
+            break
+        refused += 1
+        time.sleep(0.5)
+    recovery = time.monotonic() - killed
+    container.reload()
+    after = (container.id, container.attrs["Image"], container.attrs["RestartCount"])
+    works = stack.dev('docker run --rm "$1" echo nested-ok', nested_base, check=False)
+    if "nested-ok" not in works:
+        print(stack.logs_of(container)[-4000:])
+    print(f"\n[{stack.project}] engine SIGKILLed: usable again after {recovery:.1f}s "
+          f"({refused} refused probes), restarts {before[2]}->{after[2]}")
+    security_report.fault(
+        "fault: DinD engine killed",
+        "SIGKILL the DinD engine's process, the sandbox using it through its socket",
+        expected="restarted by Docker with the same container and image, the nested images "
+        "kept, a nested container runs again",
+        observed=f"restarts {before[2]}->{after[2]}, same container {after[0] == before[0]}, "
+        f"same image {after[1] == before[1]}, image kept {out.startswith('sha256:')}, "
+        f"nested run {'nested-ok' in works}",
+        ok=after[0] == before[0] and after[1] == before[1] and after[2] == before[2] + 1
+        and out.startswith("sha256:") and "nested-ok" in works,
+        recovery_s=recovery,
+    )
 
 
 # --- the entrypoint fails closed -------------------------------------------------------------

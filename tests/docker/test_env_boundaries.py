@@ -23,16 +23,11 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from cookiecutter.main import cookiecutter
-
-from isofeat.cli import main
-
-from .conftest import HOST_ANSWER
+from .conftest import HOST_ANSWER, Env
 
 REPO = Path(__file__).resolve().parents[2]
 INHIBIT = {"com.docker.network.bridge.inhibit_ipv4": "true"}
@@ -105,6 +100,7 @@ def test_an_internal_network_exposes_the_host_and_inhibit_ipv4_closes_it(
     make_network: Callable[..., Any],
     run_container: Callable[..., Any],
     netkit_image: str,
+    security_report: Any,
 ) -> None:
     # What Docker gives by default: the host answers at the gateway and at its other addresses.
     plain = make_network(internal=True)
@@ -126,7 +122,9 @@ def test_an_internal_network_exposes_the_host_and_inhibit_ipv4_closes_it(
     started = time.monotonic()
     answers = knock_from(agent, host_server, targets)
     print(f"inhibit_ipv4 network: {answers} ({time.monotonic() - started:.1f} s)")
-    assert all(answer is None for answer in answers.values()), answers
+    security_report.many("attack", [
+        ("20", f"inhibit_ipv4 network: the host server at {address}", "no answer", answer,
+         answer is None) for address, answer in answers.items()])
     doctor = doctor_from(agent)
     assert doctor["ok"] is True, doctor
     # ...while the peer still answers by its name (Docker's DNS works without a host side).
@@ -186,82 +184,8 @@ class SocksStub:
         self.server.close()
 
 
-class Env:
-    """A project baked from the template, initialised and brought up with Compose."""
-
-    def __init__(self, project: Path) -> None:
-        self.project = project
-        self.compose_file = project / ".devcontainer" / "compose.yaml"
-        env = dict(
-            line.split("=", 1)
-            for line in (project / ".devcontainer" / ".env").read_text().splitlines()
-            if line and not line.startswith("#")
-        )
-        self.env = env
-        self.name = env["COMPOSE_PROJECT_NAME"]
-
-    def compose(self, *args: str, check: bool = True, timeout: float = 180
-                ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["docker", "compose", "-f", str(self.compose_file), *args],
-                              capture_output=True, text=True, check=False, timeout=timeout)
-        if check:
-            assert done.returncode == 0, f"compose {args}: {done.stderr[-3000:]}"
-        return done
-
-    def agent(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run ``script`` in `dev` as its configured user (the agent)."""
-        return self.compose("exec", "-T", "dev", "bash", "-c", script, check=False,
-                            timeout=timeout)
-
-    def container_id(self, service: str) -> str:
-        out = subprocess.run(
-            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.name}",
-             "--filter", f"label=com.docker.compose.service={service}"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
-        assert len(out) == 1, out
-        return out[0]
-
-    def inspect(self, service: str) -> dict[str, Any]:
-        out = subprocess.run(["docker", "inspect", self.container_id(service)],
-                             capture_output=True, text=True, check=True).stdout
-        data: dict[str, Any] = json.loads(out)[0]
-        return data
-
-
-@pytest.fixture
-def make_env(
-    isolated_home: Path, tmp_path: Path, base_image: str, proxy_image: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[..., Env]]:
-    monkeypatch.delenv("COOKIECUTTER_CONFIG", raising=False)
-    made: list[Env] = []
-
-    def make(name: str, limits: dict[str, object] | None = None, **context: str) -> Env:
-        project = tmp_path / name
-        project.mkdir()
-        (project / "README.md").write_text("demo\n")
-        subprocess.run(["git", "init", "-q", str(project)], check=True)
-        cookiecutter(str(REPO / "templates" / "isofeat"), no_input=True,
-                     output_dir=str(project), extra_context={"agents": "none", **context})
-        if limits is not None:
-            path = project / ".devcontainer" / "isofeat.json"
-            settings = json.loads(path.read_text())
-            settings["limits"] = limits
-            path.write_text(json.dumps(settings))
-        assert main(["init", "--quiet", str(project)]) == 0
-        env = Env(project)
-        made.append(env)
-        env.compose("up", "-d", "--wait", "--wait-timeout", "90")
-        return env
-
-    yield make
-    for env in made:
-        env.compose("down", "-v", "-t", "1", check=False)
-
-
 def test_the_template_cuts_the_agent_off_the_host_but_not_the_proxy(
-    host_server: int, make_env: Callable[..., Env]
+    host_server: int, make_env: Callable[..., Env], security_report: Any,
 ) -> None:
     socks = SocksStub()
     try:
@@ -286,7 +210,11 @@ def test_the_template_cuts_the_agent_off_the_host_but_not_the_proxy(
         assert lines[0] == "1001", probe.stdout + probe.stderr
         assert "RESOLVED-HOST" not in probe.stdout
         assert len([ln for ln in lines if "=>" in ln]) == len(targets.split())
-        assert HOST_ANSWER.decode() not in probe.stdout, probe.stdout
+        security_report.attack(
+            "20", f"the template's dev, as the agent: {len(targets.split())} host addresses "
+            "and the gateway", expected="no answer from any", observed="answered" if
+            HOST_ANSWER.decode() in probe.stdout else "no answer",
+            ok=HOST_ANSWER.decode() not in probe.stdout, tried=len(targets.split()))
         assert "refused" not in probe.stdout.lower(), probe.stdout  # a refusal is an answer
 
         # The proxy still reaches an upstream proxy on the host, by host.docker.internal.
@@ -328,7 +256,7 @@ def _stats(container_id: str) -> tuple[int, str, str]:
 
 
 def test_a_memory_hog_and_a_fork_bomb_stay_in_their_environment(
-    make_env: Callable[..., Env],
+    make_env: Callable[..., Env], security_report: Any,
 ) -> None:
     limits = {"pids": 256, "memory": "256m", "cpus": 1}
     noisy = make_env("noisy", limits=limits)
@@ -371,6 +299,16 @@ def test_a_memory_hog_and_a_fork_bomb_stay_in_their_environment(
         f"{statistics.median(busy):.2f} s during the bomb; host: "
         f"{statistics.median(host_idle):.2f} s idle, {statistics.median(host_busy):.2f} s during"
     )
+    security_report.many("load", [
+        ("21", "a memory hog (tail /dev/zero) under a 256 MiB limit", "killed at the limit "
+         "(137), the container keeps running", f"exit {hog.returncode} after "
+         f"{hog_seconds:.1f} s", hog.returncode == 137),
+        ("21", "a fork bomb as the agent under pids 256", "held at the limit (and it ran)",
+         f"{pids} then {pids_after} processes", 200 <= pids <= 256 and pids_after <= 256),
+        ("21", "the other environment during the bomb", "still responsive (< 5x idle)",
+         f"{statistics.median(idle):.2f} s idle, {statistics.median(busy):.2f} s busy",
+         statistics.median(busy) < max(5 * statistics.median(idle), 5.0)),
+    ])
     assert pids <= 256 and pids_after <= 256
     assert pids >= 200, f"the bomb did not run ({pids} pids)"
     assert float(cpu.rstrip("%")) <= 130 and float(cpu_after.rstrip("%")) <= 130

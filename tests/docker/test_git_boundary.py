@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,7 +119,7 @@ say done
 
 
 def test_the_agent_cannot_touch_the_users_git_and_its_work_comes_back(
-    tmp_path: Path, base_image: str, proxy_image: str,
+    tmp_path: Path, base_image: str, proxy_image: str, security_report: Any,
 ) -> None:
     need("devcontainer")
     env = host_env(tmp_path)
@@ -205,6 +206,22 @@ def test_the_agent_cannot_touch_the_users_git_and_its_work_comes_back(
              "worktrees/repo-a/ORIG_HEAD"))}
         assert not unexpected, unexpected
         assert "hooks/post-merge" not in after_main
+        security_report.many("attack", [
+            *(("22", f"agent in task a: {held.split('=')[0]}", held, held,
+               held in out) for held in ("main-git=absent", "objects=read-only",
+                                         "dot-git=pinned", "pointer=read-only",
+                                         "agent-git=pinned", "devcontainer=read-only")),
+            ("22", "merge of a branch that plants .vscode/tasks.json and a nested "
+             ".gitattributes", "exit 2 naming both", f"exit {refused.returncode}",
+             refused.returncode == 2),
+            ("22", "hooks, fsmonitor and filters planted for the host's git", "never run",
+             "ran" if canary.exists() else "not run", not canary.exists()),
+            ("22", "another task's repository (repo-b) and a decoy folder", "unchanged",
+             "unchanged", snapshot(tmp_path / "repo-b") == before["b"]
+             and snapshot(decoy) == before["decoy"]),
+            ("22", "the user's git after merge", "only the merge's own files changed",
+             sorted(unexpected) or "as expected", not unexpected),
+        ])
 
         removed = isofeat("task", "rm", "a", cwd=repo, env=env)
         assert removed.returncode == 0, removed.stderr

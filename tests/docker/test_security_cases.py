@@ -32,6 +32,7 @@ import pytest
 from isofeat.layout import (
     GIT_OBJECTS_TARGET,
     NO_POINTER_TARGET,
+    TRUST_TARGET,
     WORKSPACE_TARGET,
     env_id_for,
     project_name,
@@ -39,8 +40,8 @@ from isofeat.layout import (
 from isofeat.notify import CONTAINER_NOTIFY_DIR
 from isofeat.tasks import remove_environment
 
-from .conftest import HOST_ANSWER
-from .test_env_boundaries import Env, host_addresses, make_env  # noqa: F401  # fixture
+from .conftest import HOST_ANSWER, Env
+from .test_env_boundaries import host_addresses
 from .test_main_job import bake, container_of, host_env, need, up
 
 pytestmark = pytest.mark.docker
@@ -238,7 +239,7 @@ def knock(where: str, port: int) -> str:
 
 def test_topology_cases_7_to_12(
     baked: Baked, security_report: Any, host_server: int,
-    make_env: Callable[..., Env],  # noqa: F811  # the fixture imported above
+    make_env: Callable[..., Env],
 ) -> None:
     other = make_env("other-env")  # a second environment, side by side
     other_addresses = [n["IPAddress"] for n in
@@ -386,7 +387,8 @@ def test_hardening_cases_13_to_15(baked: Baked, security_report: Any) -> None:
                                         capture_output=True, text=True, check=True).stdout)[0]
               ["Mounts"]}  # fmt: skip
     named = {WORKSPACE_TARGET, f"{WORKSPACE_TARGET}/.devcontainer", f"{WORKSPACE_TARGET}/.git",
-             GIT_OBJECTS_TARGET, NO_POINTER_TARGET, CONTAINER_NOTIFY_DIR, "/run/isofeat/dind",
+             GIT_OBJECTS_TARGET, NO_POINTER_TARGET, CONTAINER_NOTIFY_DIR, TRUST_TARGET,
+             "/run/isofeat/dind",
              "/home/claude/.claude", "/home/claude/.codex", "/home/claude/.gemini"}
     rows.append(("15", "mounts of dev", f"only {sorted(named)}", sorted(mounts),
                  set(mounts) <= named))

@@ -55,9 +55,28 @@ def test_base_image_is_the_templates_and_dockerfiles_default() -> None:
     assert image_build.BASE_IMAGE == layout.BASE_IMAGE
     cookie = json.loads((COOKIECUTTER / "cookiecutter.json").read_text())
     assert cookie["base_image"] == layout.BASE_IMAGE
-    for name in ("proxy", "dind"):
+    for name in ("proxy", "dind", "broker"):
         dockerfile = (REPO / "src" / "isofeat" / "images" / name / "Dockerfile").read_text()
         assert f"ARG BASE_IMAGE={layout.BASE_IMAGE}\n" in dockerfile, name
+
+
+def test_the_broker_facts_agree_with_its_image_and_the_template() -> None:
+    """tinyproxy's `Upstream http broker:8080` (layout) must reach what the image listens on,
+    under the service name compose.yaml gives it, with its render where the image reads it."""
+    from isofeat import broker
+
+    folder = REPO / "src" / "isofeat" / "images" / "broker"
+    entrypoint = (folder / "entrypoint.sh").read_text()
+    assert f"--mode regular@{layout.BROKER_PORT} " in entrypoint
+    assert f"readonly CONF_DIR={layout.BROKER_CONF_TARGET}\n" in entrypoint
+    assert f"/dev/tcp/127.0.0.1/{layout.BROKER_PORT}\n" in (folder / "healthcheck.sh").read_text()
+    assert f"EXPOSE {layout.BROKER_PORT}\n" in (folder / "Dockerfile").read_text()
+    compose = (COOKIECUTTER / "{{cookiecutter.__devcontainer_dir}}" / "compose.yaml").read_text()
+    assert f"\n  {layout.BROKER_SERVICE}:\n" in compose
+    assert f"target: {layout.BROKER_CONF_TARGET}\n" in compose
+    assert f"target: {layout.TRUST_TARGET}\n" in compose
+    assert broker.upstream_lines(["api.example.com"]) == [
+        f'Upstream http {layout.BROKER_SERVICE}:{layout.BROKER_PORT} "api.example.com"']
 
 
 def test_environment_folders(tmp_path: Path) -> None:

@@ -159,18 +159,45 @@ def test_fifo_never_blocks_the_watcher(root: Path) -> None:
     assert not os.path.lexists(fifo)
 
 
-def test_folders_inside_an_env_folder_are_left_alone_and_never_entered(
-    root: Path, capsys: pytest.CaptureFixture[str]
+def test_folders_inside_an_env_folder_are_removed_without_following_links(
+    root: Path, tmp_path: Path, canary: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     nested = root / "env-a" / "nested"
     nested.mkdir()
     inner = put(nested, doc(message="one level too deep"))
+    (nested / "to-canary").symlink_to(canary)
+    (nested / "to-outside").symlink_to(canary.parent, target_is_directory=True)
     disguised = root / "env-a" / name()
     disguised.mkdir()
+    hidden = root / "env-a" / ".hidden-folder"
+    hidden.mkdir()
+    # Deeper than the watcher keeps open at once: moved up and removed in later passes.
+    deep = root / "env-a" / "deep"
+    os.makedirs(deep / "/".join(["d"] * 80) / "leaf")
+    (deep / "d" / "link").symlink_to(canary.parent, target_is_directory=True)
     out, err = watch_once(capsys)
     assert out == ""
-    assert inner.exists() and disguised.is_dir()
-    assert err.count("a folder; left alone") == 2
+    assert not inner.exists() and not disguised.exists() and not hidden.exists()
+    assert err.count("a folder; removed") >= 3
+    for _ in range(5):  # a deep tree takes a few passes
+        if sorted(os.listdir(root / "env-a")) == []:
+            break
+        watch_once(capsys)
+    assert sorted(os.listdir(root / "env-a")) == []
+    assert sorted(os.listdir(canary.parent)) == ["canary.txt"]  # the canary fixture checks it
+
+
+def test_stale_hidden_files_go_and_young_ones_stay(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    young = root / "env-a" / ".1-abc.json.123.tmp"
+    young.write_text("a sender at work")
+    watch_once(capsys)
+    assert young.exists()  # a sender's temporary file is left alone while it is young
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+    watch_once(capsys)
+    assert not young.exists()
 
 
 def test_socket_is_rejected(root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,3 +87,16 @@ def test_the_scenario_checks_expect_the_defaults() -> None:
     defaults = (REPO / "features" / "test" / "sandbox-user" / "defaults.sh").read_text()
     assert f'test "$(id -u)" = {UID}' in defaults
     assert f'test "$(id -g):$(id -gn)" = "{GID}:{GROUP}"' in defaults
+
+
+def test_the_dind_runtime_tmpfs_belongs_to_the_engine_user() -> None:
+    # compose.dind.yaml mounts the engine's XDG_RUNTIME_DIR as a tmpfs (a SIGKILLed engine
+    # must start clean); its owner must be the image's `rootless` user, group dev.
+    dockerfile = (DIND / "Dockerfile").read_text()
+    user = re.search(r"useradd --uid (\d+) --gid (\d+) [^\n]* rootless;", dockerfile)
+    runtime = re.search(r"ENV XDG_RUNTIME_DIR=(\S+)", dockerfile)
+    assert user is not None and runtime is not None
+    uid, gid = user.groups()
+    fragment = (REPO / "templates" / "compose-fragments" / "compose.dind.yaml").read_text()
+    assert f"- {runtime.group(1)}:uid={uid},gid={gid},mode=0700\n" in fragment
+    assert gid == GID == str(layout.SANDBOX_GID)

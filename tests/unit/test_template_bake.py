@@ -28,6 +28,7 @@ import yaml
 from cookiecutter.exceptions import FailedHookException, OutputDirExistsException
 from cookiecutter.main import cookiecutter
 
+from isofeat import layout
 from isofeat.cli import main
 from isofeat.settings import read_settings
 from isofeat.whitelist import parse_text
@@ -199,12 +200,22 @@ def test_initialize_command_prints_one_line_and_fails_without_isofeat(
 def test_compose_file_has_the_sandbox_hardening(project: Path) -> None:
     spec = compose(bake(project))
     dev, proxy = spec["services"]["dev"], spec["services"]["proxy"]
-    assert set(spec["services"]) == {"dev", "proxy"}
+    broker = spec["services"]["broker"]
+    assert set(spec["services"]) == {"dev", "proxy", "broker"}
     assert spec["networks"]["sandbox"]["internal"] is True
     assert not spec["networks"]["egress"].get("internal")
     assert dev["networks"] == ["sandbox"]
     assert sorted(proxy["networks"]) == ["egress", "sandbox"]
-    for service in (dev, proxy):
+    # The credential broker: on the egress side only (dev cannot reach it), started only
+    # when init says a secret is bound, never pulled, its render read-only (docs/secrets.md).
+    assert broker["networks"] == ["egress"]
+    assert broker["scale"] == "${ISOFEAT_BROKER_SCALE:-0}"
+    assert broker["pull_policy"] == "never" and broker["read_only"] is True
+    assert broker["volumes"][0]["target"] == layout.BROKER_CONF_TARGET
+    assert broker["volumes"][0]["read_only"] is True
+    assert "depends_on" not in broker and "broker" not in dev["depends_on"]
+    assert dev["env_file"][0]["path"].startswith("${ISOFEAT_SECRETS_ENV:")
+    for service in (dev, proxy, broker):
         assert service["cap_drop"] == ["ALL"]
         assert "no-new-privileges:true" in service["security_opt"]
         assert "cap_add" not in service
@@ -237,6 +248,8 @@ def test_compose_file_has_the_sandbox_hardening(project: Path) -> None:
                    if isinstance(m, dict) and "GIT" in m["source"]]
     assert len(git_sources) == 3, git_sources
     assert mounts["/run/isofeat/notify"]["source"].startswith("${ISOFEAT_NOTIFY_HOST_DIR")
+    trust = mounts[layout.TRUST_TARGET]
+    assert trust["read_only"] is True and trust["source"].startswith("${ISOFEAT_TRUST_DIR:")
     named = [m for m in dev["volumes"] if isinstance(m, str)]
     assert named == [
         "claude-home:/home/claude/.claude",

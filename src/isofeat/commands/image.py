@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from isofeat import argtypes
 from isofeat.errors import EXIT_OK
 
-CHOICES = ("base", "proxy", "dind", "all")
+CHOICES = ("base", "proxy", "dind", "broker", "all")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = image.add_subparsers(dest="image_verb", metavar="ACTION", required=True)
     build = verbs.add_parser(
         "build",
-        help="build the base, proxy and dind images (reuses up-to-date ones)",
+        help="build the base, proxy, dind and broker images (reuses up-to-date ones)",
         description="Build the base image (Debian bookworm that trusts your extra CA "
-        "certificates), and on it the egress proxy and the Docker-in-Docker engine. "
+        "certificates), and on it the egress proxy, the Docker-in-Docker engine and the "
+        "credential broker. "
         "Up-to-date images are reused; "
         "an image built by another isofeat version, from another recipe or with another CA "
         "set is rebuilt. Progress goes to stderr, the summary to stdout.",
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="?",
         choices=CHOICES,
         default="all",
-        help="what to build (default: all); proxy and dind also build the base if needed",
+        help="what to build (default: all); the others also build the base if needed",
     )
     cas = build.add_mutually_exclusive_group()
     cas.add_argument(

@@ -28,10 +28,13 @@ __all__ = [
     "ENV_ID_RE",
     "FILE_NAME_RE",
     "HOOK_KINDS",
+    "MAX_PENDING_BYTES",
+    "MAX_PENDING_ENTRIES",
     "URGENCIES",
     "count_pending",
     "ensure_env_notify_dir",
     "env_notify_dir",
+    "folder_usage",
     "notify_root",
     "remove_env_notify_dir",
     "validate_env_id",
@@ -56,6 +59,17 @@ FILE_NAME_RE = re.compile(r"[0-9]{1,20}-[0-9a-f]{32}\.json")
 # writable by the sandbox user (uid 1001, group dev) through the bind mount.
 ROOT_MODE = 0o700
 ENV_DIR_MODE = 0o770
+
+# Bounds on one environment's folder (docs/notifications.md, "Bounds"). The host folder is
+# written by the sandbox and lives on the host's disk, so it must not grow without end:
+# `send` refuses to add a file when the folder already holds MAX_PENDING_ENTRIES entries or
+# MAX_PENDING_BYTES bytes, and the watcher drops (counted, unread) the finished files past
+# the oldest MAX_PENDING_ENTRIES in each pass. 100 is ten minutes of the rate limit.
+MAX_PENDING_ENTRIES = 100
+MAX_PENDING_BYTES = 1024 * 1024
+# A sender's temporary file (".<name>.<pid>.*.tmp") lives milliseconds; a hidden file older
+# than this, by its ctime (which the sandbox cannot set back), is a leftover or junk.
+STALE_HIDDEN_SECONDS = 60.0
 
 
 def validate_env_id(env_id: str) -> str:
@@ -115,10 +129,15 @@ def remove_env_notify_dir(env_id: str, environ: Mapping[str, str] = os.environ) 
     except FileNotFoundError:
         return False
     if stat.S_ISDIR(st.st_mode):
-        import shutil  # only `task rm` needs it; `init` imports this module too
+        # The sandbox filled it: fd-based, no link followed, any depth (shutil.rmtree
+        # recurses and fails on a tree a few thousand folders deep). Only `task rm` gets here.
+        from isofeat.notify.tree import remove_folder
 
-        # rmtree does not follow symlinks inside the tree (fd-based on Linux).
-        shutil.rmtree(path)
+        root_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            remove_folder(root_fd, path.name)
+        finally:
+            os.close(root_fd)
     else:
         path.unlink()
     return True
@@ -137,3 +156,20 @@ def count_pending(env_id: str, environ: Mapping[str, str] = os.environ) -> int:
         )
     except FileNotFoundError:
         return 0
+
+
+def folder_usage(directory: Path, *, limit: int = MAX_PENDING_ENTRIES) -> tuple[int, int]:
+    """``(entries, bytes)`` in one notification folder, counting stops past ``limit`` entries.
+
+    Every entry counts, whatever its kind or name: the bound is on what the sandbox leaves on
+    the host's disk. Sizes are ``lstat`` sizes (a symlink is never followed).
+    """
+    entries = size = 0
+    with os.scandir(directory) as found:
+        for entry in found:
+            entries += 1
+            with contextlib.suppress(OSError):
+                size += entry.stat(follow_symlinks=False).st_size
+            if entries > limit:
+                break
+    return entries, size

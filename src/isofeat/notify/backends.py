@@ -86,17 +86,17 @@ def osascript_argv(item: Shown) -> list[str]:
     return [*argv, item.heading, item.note.urgency, item.note.message]
 
 
-Runner = Callable[[list[str]], "subprocess.CompletedProcess[bytes]"]
+Spawner = Callable[[list[str]], "subprocess.Popen[bytes]"]
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=DESKTOP_TIMEOUT_SECONDS,
-        check=False,
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+def _nothing() -> None:
+    pass
 
 
 class Display:
@@ -109,11 +109,11 @@ class Display:
         platform: str = sys.platform,
         stdout: IO[str] | None = None,
         stderr: IO[str] | None = None,
-        runner: Runner = _run,
+        spawner: Spawner = _spawn,
     ) -> None:
         self.out = stdout or sys.stdout
         self.err = stderr or sys.stderr
-        self.runner = runner
+        self.spawner = spawner
         self.tool = self._pick(backend, platform)
 
     def _pick(self, backend: str, platform: str) -> str | None:
@@ -135,21 +135,35 @@ class Display:
     def name(self) -> str:
         return self.tool or "stdout"
 
-    def show(self, item: Shown, clock: str) -> None:
-        if self.tool is not None and self._desktop(item):
+    def show(self, item: Shown, clock: str, committed: Callable[[], None] = _nothing) -> None:
+        """Show ``item``; call ``committed`` as soon as the showing cannot be undone.
+
+        That is once the line is written, or once the desktop tool runs: a watcher killed
+        while the tool runs does not stop it (it is another process), so the watcher's
+        journal must not show the item again (see watch.Journal).
+        """
+        if self.tool is not None and self._desktop(item, committed):
             return
         print(item.stdout_line(clock), file=self.out, flush=True)
+        committed()
 
-    def _desktop(self, item: Shown) -> bool:
+    def _desktop(self, item: Shown, committed: Callable[[], None]) -> bool:
         argv = osascript_argv(item) if self.tool == "osascript" else notify_send_argv(item)
         try:
-            result = self.runner(argv)
-        except (OSError, subprocess.TimeoutExpired) as problem:
+            proc = self.spawner(argv)
+        except OSError as problem:
             reason = type(problem).__name__
         else:
-            if result.returncode == 0:
+            committed()
+            try:
+                code = proc.wait(timeout=DESKTOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                code = None
+            if code == 0:
                 return True
-            reason = f"exit code {result.returncode}"
+            reason = "TimeoutExpired" if code is None else f"exit code {code}"
         # No session bus, no display, a broken notifier: say so once and use stdout.
         print(
             f"isofeat notify: warning: {self.tool} failed ({reason}); "

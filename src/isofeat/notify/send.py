@@ -21,7 +21,14 @@ from typing import IO, Any
 from isofeat import atomic
 from isofeat.envvars import ISOFEAT_NOTIFY_DIR, ISOFEAT_NOTIFY_SOURCE
 from isofeat.errors import IsofeatError
-from isofeat.notify import CONTAINER_NOTIFY_DIR, HOOK_KINDS, URGENCIES
+from isofeat.notify import (
+    CONTAINER_NOTIFY_DIR,
+    HOOK_KINDS,
+    MAX_PENDING_BYTES,
+    MAX_PENDING_ENTRIES,
+    URGENCIES,
+    folder_usage,
+)
 from isofeat.notify.message import MAX_FILE_BYTES, Notification, build
 
 # Hook JSON can carry a long last assistant message; we keep 2000 characters of it anyway.
@@ -50,6 +57,7 @@ def write_notification(note: Notification, directory: Path) -> Path:
     data = note.to_json_bytes()
     if len(data) > MAX_FILE_BYTES:  # cannot happen with the caps in message.py; keep it so
         raise IsofeatError(f"notification is {len(data)} bytes, over {MAX_FILE_BYTES}")
+    _check_room(directory, len(data))
     path = directory / f"{time.time_ns()}-{note.id}.json"
     try:
         atomic.write_text(path, data.decode("utf-8"), mode=0o644)
@@ -132,6 +140,24 @@ def map_codex_notify(doc: Mapping[str, Any]) -> tuple[str, str, str] | None:
     if "approval" in kind:
         return "blocked", "Codex needs approval", _str(doc, "message") or kind
     return None
+
+
+def _check_room(directory: Path, size: int) -> None:
+    """Refuse to add a file to a full folder (the bound in docs/notifications.md).
+
+    A full folder means the host watcher is not running or the sandbox is flooding it; the
+    watcher would drop the excess anyway, so saying so here is kinder than writing it.
+    """
+    try:
+        entries, used = folder_usage(directory)
+    except OSError:
+        return  # cannot list (no read permission): the write below says what is wrong
+    if entries >= MAX_PENDING_ENTRIES or used + size > MAX_PENDING_BYTES:
+        raise IsofeatError(
+            f"notification folder {directory} is full ({entries} entries, {used} bytes; the "
+            f"bound is {MAX_PENDING_ENTRIES} entries and {MAX_PENDING_BYTES} bytes)",
+            fix="the host's `isofeat notify watch` empties it: start it on the host, or wait",
+        )
 
 
 def send(

@@ -13,7 +13,12 @@ The folders are written by sandboxes, so everything in them is hostile (security
   of escape sequences and control characters. Desktop tools get list arguments, no shell.
 * Each environment has a token bucket (10 per minute): the rest is dropped and counted, and
   one summary line per environment reports the drops.
-* Folders inside an environment folder are left alone and never entered.
+* Folders inside an environment folder are removed without following a link (fd-based,
+  bounded depth and work per pass); hidden files older than a minute are removed; finished
+  files past the folder bound (100) are dropped unread and counted.
+* Exactly once across a crash: a notification is recorded in a host-private journal before
+  its file is removed, and marked done once shown; a restarted watcher shows
+  what the journal holds but never marked done (see :class:`Journal`).
 
 watchdog (imported only in :func:`watch`) tells the loop that something changed; the loop
 then rescans. A slow periodic rescan covers file systems that deliver no events.
@@ -34,12 +39,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from isofeat.notify import ENV_ID_RE, FILE_NAME_RE, ROOT_MODE
+from isofeat.errors import IsofeatError
+from isofeat.notify import (
+    ENV_ID_RE,
+    FILE_NAME_RE,
+    MAX_PENDING_ENTRIES,
+    ROOT_MODE,
+    STALE_HIDDEN_SECONDS,
+)
 from isofeat.notify.backends import Display, Shown
 from isofeat.notify.message import MAX_FILE_BYTES, InvalidNotification, validate
+from isofeat.notify.tree import remove_tree
 
 RATE_PER_MINUTE = 10
 SUMMARY_INTERVAL_SECONDS = 60.0
@@ -48,6 +62,8 @@ DEBOUNCE_SECONDS = 0.1
 # Bound on remembered "left alone" items, so a sandbox creating folders without end cannot
 # grow the watcher's memory; past it, further such items are skipped silently.
 MAX_REPORTED = 10_000
+# In the root (0700, never mounted into a container), hidden so it is not an environment.
+JOURNAL_NAME = ".watch-journal"
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_DIRECTORY | _O_CLOEXEC
@@ -91,6 +107,95 @@ class RateLimiter:
                 bucket.last_summary = now
 
 
+class Journal:
+    """What was taken out of a folder but is not known to be shown: survives a SIGKILL.
+
+    Without it, a watcher killed between showing a notification and removing its file shows
+    it again after a restart, and one killed between removing and showing loses it. The order
+    per notification is: append ``claim`` (env, name, the validated bytes) here, remove the
+    file, show, append ``done``. A restarted watcher first shows every claim without a
+    ``done`` (and removes its file if the kill came before the removal), so nothing is lost.
+    ``done`` is written as soon as showing cannot be undone: the line printed, or the desktop
+    tool started (it outlives the watcher), so a duplicate needs a kill in that moment
+    (microseconds with stdout, the milliseconds Popen takes to start notify-send). The journal lives
+    in the root, which is 0700 and never mounted into a sandbox, so only the host user
+    writes it. It is emptied whenever nothing is open, and removed when the watcher stops.
+    An exclusive ``flock`` on it also keeps a second watcher on the same root from showing
+    the same files.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / JOURNAL_NAME
+        self.fd: int | None = None
+        self.open_claims = 0
+
+    def open(self) -> None:
+        import fcntl
+
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | _O_CLOEXEC
+        self.fd = os.open(self.path, flags, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise IsofeatError(
+                f"another `isofeat notify watch` is running on {self.path.parent}",
+                fix="use that one (one watcher per user), or stop it first",
+            ) from None
+
+    def pending(self) -> list[tuple[str, str, bytes]]:
+        """``(env, name, data)`` claimed and never marked done, oldest first."""
+        assert self.fd is not None
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self.fd, 1 << 20):
+            chunks.append(chunk)
+        claims: dict[str, tuple[str, str, bytes]] = {}
+        for line in b"".join(chunks).splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill: its claim was never complete
+            if "done" in record:
+                claims.pop(record["done"], None)
+            elif "claim" in record:
+                claims[record["claim"]] = (
+                    record["env"], record["name"], record["data"].encode("utf-8"))
+        return list(claims.values())
+
+    def claim(self, env: str, name: str, data: bytes) -> None:
+        # One write(2) per record (O_APPEND): a SIGKILL cannot interleave half of one. No
+        # fsync: the page cache survives the process; a power cut loses the display anyway.
+        record = {"claim": f"{env}/{name}", "env": env, "name": name,
+                  "data": data.decode("utf-8")}
+        self._append(record)
+        self.open_claims += 1
+
+    def done(self, env: str, name: str) -> None:
+        self._append({"done": f"{env}/{name}"})
+        self.open_claims -= 1
+
+    def _append(self, record: dict[str, str]) -> None:
+        if self.fd is not None:
+            os.write(self.fd, json.dumps(record).encode() + b"\n")
+
+    def compact(self) -> None:
+        """Empty the journal when every claim is done, so it never grows."""
+        if self.fd is not None and self.open_claims <= 0:
+            os.ftruncate(self.fd, 0)
+            self.open_claims = 0
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        if self.open_claims <= 0:
+            with suppress(FileNotFoundError):
+                self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
 class Processor:
     """One pass over the root: show, reject and remove what the folders hold."""
 
@@ -101,10 +206,12 @@ class Processor:
         *,
         as_json: bool = False,
         limiter: RateLimiter | None = None,
+        journal: Journal | None = None,
         stdout: IO[str] | None = None,
         stderr: IO[str] | None = None,
     ) -> None:
         self.root = root
+        self.journal = journal or Journal(root)
         self.display = display
         self.as_json = as_json
         self.limiter = limiter or RateLimiter()
@@ -112,6 +219,9 @@ class Processor:
         self.err = stderr or sys.stderr
         self.shown = 0
         self.rejected = 0
+        # Finished files dropped unread because the folder held more than the bound.
+        self.over_bound: dict[str, int] = {}
+        self._over_bound_said = float("-inf")
         # Things left in place (folders, symlinked env folders) are reported once, not per scan.
         self._reported: set[tuple[str, str]] = set()
 
@@ -137,6 +247,50 @@ class Processor:
                 file=self.err,
                 flush=True,
             )
+        now = time.monotonic()
+        if self.over_bound and (force or now - self._over_bound_said >= SUMMARY_INTERVAL_SECONDS):
+            for env, dropped in sorted(self.over_bound.items()):
+                print(
+                    f"isofeat notify: [{env}] dropped {dropped} notification(s): the folder "
+                    f"held more than {MAX_PENDING_ENTRIES}",
+                    file=self.err,
+                    flush=True,
+                )
+            self.over_bound.clear()
+            self._over_bound_said = now
+
+    # -- crash recovery --------------------------------------------------------------------
+    def recover(self) -> None:
+        """Open the journal and show what a killed watcher took but did not finish."""
+        if not self.root.is_dir():
+            return  # --once on a missing root creates nothing
+        self.journal.open()
+        left = self.journal.pending()
+        self.journal.open_claims = len(left)
+        envs = dict(self._open_envs_list())
+        try:
+            for env, name, data in left:
+                if env in envs:  # killed before the removal: the file is still there
+                    self._remove(env, envs[env], name)
+                try:
+                    note = validate(data)
+                except InvalidNotification:
+                    pass  # cannot happen: it was validated before it was claimed
+                else:
+                    self._show(Shown(env=env, note=note), partial(self.journal.done, env, name))
+                    continue
+                self.journal.done(env, name)
+        finally:
+            for fd in envs.values():
+                os.close(fd)
+        self.journal.compact()
+
+    def _open_envs_list(self) -> list[tuple[str, int]]:
+        """Like :meth:`_open_envs`, with the fds kept open (the caller closes them)."""
+        opened: list[tuple[str, int]] = []
+        for env, fd in self._open_envs():
+            opened.append((env, os.dup(fd)))
+        return opened
 
     # -- scanning --------------------------------------------------------------------------
     def env_names(self) -> list[str]:
@@ -178,6 +332,7 @@ class Processor:
     def scan(self) -> None:
         for env, env_fd in self._open_envs():
             self._scan_env(env, env_fd)
+        self.journal.compact()
 
     def _scan_env(self, env: str, env_fd: int) -> None:
         try:
@@ -185,10 +340,46 @@ class Processor:
         except OSError as problem:
             self._warn_once(env, ".", f"cannot list ({problem.strerror})")
             return
+        finished = []
         for name in names:
             if name.startswith("."):
-                continue  # a sender's temporary file, or ours to ignore
+                self._sweep_hidden(env, env_fd, name)
+            else:
+                finished.append(name)
+        # The bound: the oldest MAX_PENDING_ENTRIES are handled, the rest dropped unread.
+        for name in finished[MAX_PENDING_ENTRIES:]:
+            self.over_bound[env] = self.over_bound.get(env, 0) + 1
+            self._remove_any(env, env_fd, name)
+        for name in finished[:MAX_PENDING_ENTRIES]:
             self._handle(env, env_fd, name)
+
+    def _sweep_hidden(self, env: str, env_fd: int, name: str) -> None:
+        """A hidden entry is a sender's temporary file while it is young; else it goes.
+
+        Age is by ctime, which the sandbox cannot set back (it can set mtime). A folder is
+        never a sender's file, so a hidden folder goes at once.
+        """
+        try:
+            st = os.stat(name, dir_fd=env_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode) or time.time() - st.st_ctime > STALE_HIDDEN_SECONDS:
+            self._remove_any(env, env_fd, name)
+
+    def _remove_any(self, env: str, env_fd: int, name: str) -> None:
+        try:
+            st = os.stat(name, dir_fd=env_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self._remove(env, env_fd, name)
+            return
+        try:
+            remove_tree(env_fd, name)  # not done yet: the next pass goes on
+        except FileNotFoundError:
+            pass
+        except OSError as problem:
+            self._warn_once(env, name, f"cannot remove this folder ({problem.strerror})")
 
     def _remove(self, env: str, env_fd: int, name: str) -> None:
         # Removes the directory entry itself: for a symlink, the link, never its target.
@@ -210,7 +401,10 @@ class Processor:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            self._warn_once(env, name, "a folder; left alone, never entered")
+            # Never a notification: removed without following any link inside it.
+            self.rejected += 1
+            self._warn_once(env, name, "a folder; removed, no link in it followed")
+            self._remove_any(env, env_fd, name)
             return
         if not self.limiter.allow(env):
             # Over the rate limit: drop without reading. Counted for the summary line.
@@ -233,8 +427,10 @@ class Processor:
         except InvalidNotification as problem:
             self._reject(env, env_fd, name, str(problem))
             return
-        self._show(Shown(env=env, note=note))
+        # Claim, remove, show, done: see Journal for why this order.
+        self.journal.claim(env, name, data)
         self._remove(env, env_fd, name)
+        self._show(Shown(env=env, note=note), lambda: self.journal.done(env, name))
 
     def _read(self, env: str, env_fd: int, name: str) -> bytes | None:
         try:
@@ -269,7 +465,8 @@ class Processor:
             return None
         return data
 
-    def _show(self, item: Shown) -> None:
+    def _show(self, item: Shown, committed: Callable[[], None]) -> None:
+        """Show ``item``; ``committed`` runs once that cannot be undone (the journal's done)."""
         self.shown += 1
         received = datetime.now().astimezone()
         if self.as_json:
@@ -286,8 +483,9 @@ class Processor:
             # ensure_ascii: the line on stdout is printable ASCII, whatever the content.
             print(json.dumps(record), file=self.out, flush=True)
             if self.display.tool is None:
+                committed()
                 return
-        self.display.show(item, received.strftime("%H:%M:%S"))
+        self.display.show(item, received.strftime("%H:%M:%S"), committed)
 
 
 def _oldest_first(name: str) -> tuple[int, str]:
@@ -334,18 +532,24 @@ def watch(
     display = Display(backend, stdout=out, stderr=err)
     processor = Processor(root, display, as_json=as_json, stdout=out, stderr=err)
     if once:
-        processor.scan()
-        processor.flush_summaries(force=True)
+        try:
+            processor.recover()
+            processor.scan()
+        finally:
+            processor.journal.close()
+            processor.flush_summaries(force=True)
         return 0
     # watchdog needs the folder to exist; environments may not have been created yet.
     _prepare_root(root)
     stop = stop or threading.Event()
     with _sigterm_as_interrupt():
         try:
+            processor.recover()
             _loop(processor, stop, err)
         except KeyboardInterrupt:
             pass
         finally:
+            processor.journal.close()
             processor.flush_summaries(force=True)
     return 0
 

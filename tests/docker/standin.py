@@ -1,0 +1,148 @@
+"""A stand-in for the agents' APIs and for GitHub, for tests/docker/test_secrets.py.
+
+Runs in a container on an environment's ``egress`` network under the real names
+(api.anthropic.com, github.com, ...), with a certificate from a test CA that the broker is told
+to trust. It records every request that arrives (method, host, path, headers, body) as a JSON
+line in /tmp/requests.jsonl, so that a test can say what the far end really received.
+
+Paths:
+  /echo          answers with the request's headers, in the body and in x-echo-* headers
+                 (a server that reflects the credential back)
+  /big?mb=N      N MiB of 'a', streamed (the download benchmark)
+  /*.git/*       401 with a Basic challenge until an Authorization header comes (git over
+                 HTTPS sends its credentials only then)
+  /v1/messages   a minimal Anthropic Messages answer saying STANDIN-REPLY (JSON, or server-sent
+                 events when the request asks for a stream): enough for a real `claude -p`
+  anything else  200 "ok"
+
+Usage: python3 standin.py CERT KEY   (HTTPS on 443, plain HTTP on 80)
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+LOG = "/tmp/requests.jsonl"
+LOCK = threading.Lock()
+CHUNK = b"a" * (1 << 20)
+REPLY = "STANDIN-REPLY"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _record(self, body: bytes) -> None:
+        entry = {
+            "tls": isinstance(self.connection, ssl.SSLSocket),
+            "sni": getattr(self.connection, "isofeat_sni", None),
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body": body.decode("latin-1"),
+        }
+        with LOCK, open(LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self._record(body)
+        url = urlsplit(self.path)
+        if url.path == "/big":
+            mb = int(parse_qs(url.query).get("mb", ["1"])[0])
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(mb << 20))
+            self.end_headers()
+            for _ in range(mb):
+                self.wfile.write(CHUNK)
+            return
+        if ".git/" in url.path and "authorization" not in self.headers:
+            self.send_response(401)
+            self.send_header("www-authenticate", 'Basic realm="standin"')
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if url.path == "/v1/messages" and self.command == "POST":
+            self._messages(body)
+            return
+        if url.path == "/echo":
+            text = json.dumps({"headers": [[k, v] for k, v in self.headers.items()],
+                               "body": body.decode("latin-1")}).encode()
+            self.send_response(200)
+            for name, value in self.headers.items():
+                self.send_header(f"x-echo-{name}", value)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
+        self.send_response(200)
+        self.send_header("content-length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def _messages(self, body: bytes) -> None:
+        try:
+            stream = bool(json.loads(body or b"{}").get("stream"))
+        except ValueError:
+            stream = False
+        usage = {"input_tokens": 1, "output_tokens": 1}
+        message = {"id": "msg_standin", "type": "message", "role": "assistant",
+                   "model": "claude-standin", "stop_sequence": None, "usage": usage}
+        if not stream:
+            text = json.dumps({**message, "stop_reason": "end_turn",
+                               "content": [{"type": "text", "text": REPLY}]}).encode()
+            kind = "application/json"
+        else:
+            events = [
+                ("message_start", {"message": {**message, "content": [], "stop_reason": None}}),
+                ("content_block_start", {"index": 0, "content_block": {"type": "text",
+                                                                       "text": ""}}),
+                ("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                               "text": REPLY}}),
+                ("content_block_stop", {"index": 0}),
+                ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                   "usage": {"output_tokens": 1}}),
+                ("message_stop", {}),
+            ]
+            text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
+                           for name, data in events).encode()
+            kind = "text/event-stream"
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    do_GET = do_POST = do_PUT = do_HEAD = _handle
+
+
+def main() -> None:
+    cert, key = sys.argv[1], sys.argv[2]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def remember_sni(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        sock.isofeat_sni = name  # type: ignore[attr-defined]  # read back in _record
+
+    context.sni_callback = remember_sni  # type: ignore[assignment]  # accepts SSLSocket too
+    tls = ThreadingHTTPServer(("0.0.0.0", 443), Handler)
+    tls.socket = context.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
+    plain = ThreadingHTTPServer(("0.0.0.0", 80), Handler)
+    for server in (tls, plain):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    print("standin ready", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

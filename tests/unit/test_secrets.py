@@ -1,0 +1,209 @@
+"""``isofeat secrets`` and the broker's per-environment render, through the real CLI.
+
+The file backend is forced (``ISOFEAT_SECRETS_BACKEND=file``) and HOME is a temporary
+folder: the user's keyring is never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from isofeat.cli import main
+
+VALUE = "sk-ant-api03-REAL-0123456789abcdef"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("ISOFEAT_SECRETS_BACKEND", "file")
+    # What `isofeat image build` leaves: the base image's CA bundle.
+    bundle = tmp_path / "state" / "isofeat" / "base-ca-bundle.pem"
+    bundle.parent.mkdir(parents=True)
+    bundle.write_text("# the base image's bundle\n")
+    return tmp_path
+
+
+def set_secret(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> int:
+    monkeypatch.setattr("sys.stdin", io.StringIO(value + "\n"))
+    return main(["secrets", "set", name])
+
+
+def project(root: Path, settings: dict[str, object] | None = None) -> Path:
+    (root / ".devcontainer").mkdir(parents=True)
+    (root / ".devcontainer" / "whitelist.txt").write_text("")
+    if settings is not None:
+        (root / ".devcontainer" / "isofeat.json").write_text(json.dumps(settings))
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root
+
+
+def env_of(ws: Path) -> dict[str, str]:
+    lines = (ws / ".devcontainer" / ".env").read_text().splitlines()
+    return {k: v.strip("'") for k, v in (ln.split("=", 1) for ln in lines
+                                         if ln and not ln.startswith("#"))}
+
+
+def test_set_list_rm_keep_the_value_private_and_never_print_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert set_secret(monkeypatch, "ANTHROPIC_API_KEY", VALUE) == 0
+    folder = home / "config" / "isofeat" / "secrets"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    values = folder / "values.json"
+    assert stat.S_IMODE(values.stat().st_mode) == 0o600
+    assert json.loads(values.read_text()) == {"ANTHROPIC_API_KEY": VALUE}  # newline stripped
+    assert VALUE not in (folder / "index.json").read_text()
+    assert main(["secrets", "list"]) == 0
+    assert main(["secrets", "list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert VALUE not in out + err
+    assert "ANTHROPIC_API_KEY" in out and "set (file)" in out and "api.anthropic.com" in out
+    assert main(["secrets", "rm", "ANTHROPIC_API_KEY"]) == 0
+    assert json.loads(values.read_text()) == {}
+    assert main(["secrets", "rm", "ANTHROPIC_API_KEY"]) == 2
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "tab\there", "", "caf\u00e9"])
+def test_a_value_no_header_can_carry_is_refused_without_being_shown(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    assert set_secret(monkeypatch, "OPENAI_API_KEY", value) == 2
+    err = capsys.readouterr().err
+    assert "fix:" in err and (not value or value not in err)
+    assert not (home / "config" / "isofeat" / "secrets" / "values.json").exists()
+
+
+def test_a_bad_name_is_exit_2(home: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert set_secret(monkeypatch, "lower-case", VALUE) == 2
+    assert "fix:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ('{"bindings": [\n {"secret": "MY_TOKEN",\n  "hosts": ["api.example.com"],\n'
+     '  "header": "x api key"}\n]}\n', 4, "header"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN",\n  "hosts": ["https://api.example.com/"],\n'
+     '  "header": "Authorization"}\n]}\n', 3, "hosts"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"],\n'
+     '  "header": "Host"}\n]}\n', 2, "frames"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"],\n'
+     '  "header": "x-k", "extra": 1}\n]}\n', 2, "extra"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"],\n'
+     '  "header": "x-k",}\n]}\n', 3, "not valid JSON"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"], "header": "x-k",\n'
+     '  "methods": ["get"]}\n]}\n', 3, "methods"),
+    ('{"bindings": [\n {"secret": "MY_TOKEN", "hosts": ["a.example.com"], "header": "x-k",\n'
+     '  "paths": ["repos/*"]}\n]}\n', 3, "paths"),
+])
+def test_a_bad_bindings_file_is_exit_2_with_file_line_and_fix(
+    home: Path, capsys: pytest.CaptureFixture[str], text: str, line: int, words: str
+) -> None:
+    path = home / "config" / "isofeat" / "bindings.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    assert main(["secrets", "list"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}:" in err, err
+    assert words in err and "fix:" in err
+
+
+def test_a_user_binding_is_listed_and_replaces_a_built_in_one(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = home / "config" / "isofeat" / "bindings.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"bindings": [
+        {"secret": "GITHUB_TOKEN", "hosts": ["ghe.example.com"], "header": "Authorization",
+         "env": ["GH_TOKEN"]},
+        {"secret": "MY_TOKEN", "hosts": ["api.example.com:8443"], "header": "X-Token"}]}))
+    assert main(["secrets", "list", "--json"]) == 0
+    rows = {r["secret"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["GITHUB_TOKEN"]["hosts"] == ["ghe.example.com"]
+    assert rows["MY_TOKEN"]["header"] == "x-token" and rows["MY_TOKEN"]["env"] == ["MY_TOKEN"]
+
+
+def test_init_without_secrets_starts_no_broker_and_imports_nothing_heavy(
+    home: Path, tmp_path: Path
+) -> None:
+    ws = project(tmp_path / "p")
+    code = ("import sys; from isofeat.cli import main; rc = main(['init', '-q', sys.argv[1]]);"
+            "heavy = [m for m in ('keyring', 'cryptography', 'jsonschema') if m in sys.modules];"
+            "print(rc, heavy)")
+    out = subprocess.run([sys.executable, "-c", code, str(ws)], capture_output=True, text=True,
+                         check=True, env=dict(os.environ)).stdout
+    assert out.strip() == "0 []", out
+    env = env_of(ws)
+    assert env["ISOFEAT_BROKER_SCALE"] == "0"
+    assert "Upstream" not in (Path(env["ISOFEAT_PROXY_CONF"]) / "tinyproxy.conf").read_text()
+    assert "=" not in Path(env["ISOFEAT_SECRETS_ENV"]).read_text()
+    assert not (Path(env["ISOFEAT_BROKER_CONF"]) / "bindings.json").exists()
+
+
+def test_init_with_a_secret_renders_the_broker_once_and_dev_sees_a_placeholder(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cryptography import x509
+
+    assert set_secret(monkeypatch, "ANTHROPIC_API_KEY", VALUE) == 0
+    ws = project(tmp_path / "p")
+    assert main(["init", "-q", str(ws)]) == 0
+    env = env_of(ws)
+    assert env["ISOFEAT_BROKER_SCALE"] == "1"
+    broker, trust = Path(env["ISOFEAT_BROKER_CONF"]), Path(env["ISOFEAT_TRUST_DIR"])
+    assert stat.S_IMODE(broker.stat().st_mode) == 0o700
+    for name in ("bindings.json", "ca.pem"):
+        assert stat.S_IMODE((broker / name).stat().st_mode) == 0o600
+    record = json.loads((broker / "bindings.json").read_text())["bindings"][0]
+    assert (record["host"], record["port"], record["header"], record["value"]) == (
+        "api.anthropic.com", 443, "x-api-key", VALUE)
+    placeholder = record["placeholder"]
+    dev_env = Path(env["ISOFEAT_SECRETS_ENV"]).read_text()
+    assert f"ANTHROPIC_API_KEY={placeholder}" in dev_env and VALUE not in dev_env
+    assert "SSL_CERT_FILE=/run/isofeat/trust/ca-bundle.pem" in dev_env
+    # The agent's side: no value, no key; the bundle is the base's plus this CA.
+    for path in [*trust.iterdir(), ws / ".devcontainer" / ".env"]:
+        text = path.read_text()
+        assert VALUE not in text and "PRIVATE KEY" not in text
+    bundle = (trust / "ca-bundle.pem").read_text()
+    assert bundle.startswith("# the base image's bundle") and bundle.endswith(
+        (trust / "ca-cert.pem").read_text())
+    cert = x509.load_pem_x509_certificate((trust / "ca-cert.pem").read_bytes())
+    constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert [n.value for n in constraints.permitted_subtrees or []] == ["api.anthropic.com"]
+    conf = (Path(env["ISOFEAT_PROXY_CONF"]) / "tinyproxy.conf").read_text()
+    assert 'Upstream http broker:8080 "api.anthropic.com"' in conf
+    # Idempotent: the second open changes nothing, the CA and the placeholder are kept.
+    files = [broker / "ca.pem", broker / "bindings.json", trust / "ca-bundle.pem",
+             Path(env["ISOFEAT_SECRETS_ENV"]), ws / ".devcontainer" / ".env"]
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert main(["init", "-q", str(ws)]) == 0
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    # Removing the secret takes the real value away from the broker's folder.
+    assert main(["secrets", "rm", "ANTHROPIC_API_KEY"]) == 0
+    assert main(["init", "-q", str(ws)]) == 0
+    assert env_of(ws)["ISOFEAT_BROKER_SCALE"] == "0"
+    assert not (broker / "bindings.json").exists()
+    assert "Upstream" not in (Path(env["ISOFEAT_PROXY_CONF"]) / "tinyproxy.conf").read_text()
+    capsys.readouterr()
+
+
+def test_secrets_and_an_upstream_proxy_together_are_exit_2(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert set_secret(monkeypatch, "OPENAI_API_KEY", VALUE) == 0
+    ws = project(tmp_path / "p", {"upstream": "socks5://host.docker.internal:1080"})
+    assert main(["init", "-q", str(ws)]) == 2
+    assert "upstream" in capsys.readouterr().err
