@@ -369,6 +369,14 @@ def needed_images(devcontainer: Path) -> list[str]:
     return images
 
 
+def optional_images() -> list[str]:
+    """Images an environment runs only sometimes: the credential broker, when a secret is
+    set on the remote (docs/secrets.md). Shipped when this machine has them; never required."""
+    from isofeat import layout
+
+    return [layout.BROKER_IMAGE]
+
+
 def local_image_ids(images: Sequence[str]) -> dict[str, str]:
     ids = {}
     for image in images:
@@ -393,12 +401,14 @@ def remote_image_ids(remote: Remote, images: Sequence[str],
 
 
 def ship_images(remote: Remote, images: Sequence[str], log: Log,
-                environ: Mapping[str, str] = os.environ) -> list[str]:
-    """Send the images the remote lacks, or has in another build: ``docker save | docker load``."""
-    local = local_image_ids(images)
+                environ: Mapping[str, str] = os.environ,
+                optional: Sequence[str] = ()) -> list[str]:
+    """Send the images the remote lacks, or has in another build: ``docker save | docker load``.
+    ``optional`` ones go along when this machine has them."""
+    local = local_image_ids([*images, *optional])
     absent = [i for i in images if i not in local]
-    there = remote_image_ids(remote, images, environ)
-    send = [i for i in images if i in local and there.get(i) != local[i]]
+    there = remote_image_ids(remote, [*images, *optional], environ)
+    send = [i for i in [*images, *optional] if i in local and there.get(i) != local[i]]
     missing_both = [i for i in absent if i not in there]
     if missing_both:
         raise IsofeatError(
@@ -545,7 +555,8 @@ def new(start: Path, name: str, host: str, base: str | None, accept_devcontainer
     if images == "remote":
         require_images(remote, needed_images(box), environ)
     else:
-        shipped = ship_images(remote, needed_images(box), log, environ)
+        shipped = ship_images(remote, needed_images(box), log, environ,
+                              optional=optional_images())
     repo = remote_repo(main.workspace)
     log(f"==> {remote.label}:~/{repo}: pushing {base_sha[:12]}")
     ssh(remote, f"mkdir -p -- {shlex.quote(repo)} && {_cd(repo)} && "
