@@ -64,6 +64,7 @@ class Machine:
     def __init__(self, container: str, config: Path) -> None:
         self.container = container
         self.config = config
+        self.port = 22
 
     def ssh(self, script: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
         return run("ssh", "-F", str(self.config), "-o", "BatchMode=yes", "--", ALIAS, script,
@@ -108,11 +109,15 @@ def machine(remote_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         known = folder / "known_hosts"
         known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
         config = folder / "ssh_config"
+        # The alias, and the plain address a Docker context names (ssh://remote@127.0.0.1:P).
         config.write_text(
             f"Host {ALIAS}\n  HostName 127.0.0.1\n  Port {port}\n  User remote\n"
+            f"Host {ALIAS} 127.0.0.1\n"
             f"  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
             "  StrictHostKeyChecking yes\n  LogLevel ERROR\n")
-        yield Machine(name, config)
+        machine = Machine(name, config)
+        machine.port = int(port)
+        yield machine
     finally:
         run("docker", "rm", "-f", "-v", name, timeout=300)
         run("docker", "volume", "rm", "-f", volume, timeout=300)
@@ -230,6 +235,18 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path,
     shown = json.loads(line)
     assert shown["on"] == ALIAS and shown["env"] == result["env_id"]
     assert shown["message"] == "needs input from the remote" and "\x1b" not in line
+
+    # The same machine named by a Docker context whose endpoint is ssh://.
+    ctx_env = {**env, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    assert run("docker", "context", "create", "farbox", "--docker",
+               f"host=ssh://remote@127.0.0.1:{machine.port}", env=ctx_env).returncode == 0
+    assert in_sandbox("isofeat notify send --urgency complete 'done, via a context'"
+                      ).returncode == 0
+    via_context = isofeat("notify", "watch", "--on", "farbox", "--once", "--backend", "stdout",
+                          "--json", cwd=repo, env=ctx_env)
+    assert via_context.returncode == 0, via_context.stderr
+    (note,) = [json.loads(x) for x in via_context.stdout.splitlines() if x.startswith("{")]
+    assert (note["on"], note["message"]) == ("farbox", "done, via a context")
 
     # --- the agent commits; task merge brings the work back as data --------------------------
     work = in_sandbox("echo 'made on the remote' > remote-work.txt && git add remote-work.txt "
