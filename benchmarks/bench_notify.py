@@ -1,0 +1,9 @@
+"""Not written yet."""
+
+from __future__ import annotations
+
+from benchmarks.harness import BenchError, Context
+
+
+def run(ctx: Context) -> None:
+    raise BenchError("not measured yet")
