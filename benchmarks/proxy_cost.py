@@ -32,7 +32,7 @@ from benchmarks.harness import REPO, BenchError, Context, sh
 ORIGIN_IMAGE = "isofeat-bench/origin:1"
 ORIGIN = "origin.bench.test"
 IMAGES = REPO / "benchmarks" / "images"
-PROXY_IMAGE = os.environ.get("ISOFEAT_PROXY_IMAGE", "isofeat/proxy:latest")
+PROXY_IMAGE = os.environ.get("ISOFEAT_BENCH_PROXY_IMAGE", "isofeat/proxy:latest")
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,12 @@ def variants() -> list[Variant]:
     if os.environ.get("ISOFEAT_BENCH_PROXY_VARIANTS", "") != "1":
         return [real]
     out = [real]
-    for read_kb, max_kb in ((2, 96), (16, 96), (64, 96), (128, 512)):
-        tag = f"isofeat-bench/tinyproxy:r{read_kb}-m{max_kb}"
+    # (read size, relay queue per direction) in KiB; 2/96 is Debian's build, rebuilt.
+    for read_kb, relay_kb in ((2, 96), (16, 96), (64, 96), (64, 256), (128, 512), (256, 1024)):
+        tag = f"isofeat-bench/tinyproxy:r{read_kb}-q{relay_kb}"
         out.append(Variant(
-            f"tinyproxy rebuilt, read {read_kb} KiB, MAXBUFFSIZE {max_kb} KiB", tag, "tinyproxy",
-            ("--build-arg", f"READ_BUFFER_KB={read_kb}", "--build-arg", f"MAXBUFF_KB={max_kb}",
+            f"tinyproxy, read {read_kb} KiB, queue {relay_kb} KiB", tag, "tinyproxy",
+            ("--build-arg", f"READ_BUFFER_KB={read_kb}", "--build-arg", f"RELAY_KB={relay_kb}",
              "--build-arg", f"PROXY_IMAGE={PROXY_IMAGE}", str(IMAGES / "tinyproxy"))))
     out.append(Variant("Squid 5.7 (Debian; reference, no SOCKS5 upstream)",
                        "isofeat-bench/squid:1", "squid", (str(IMAGES / "squid"),)))
@@ -160,8 +161,13 @@ class Bench:
             raise BenchError(f"empty download of {url} via {proxy or 'direct'}")
         return int(size) / float(seconds) / 1e6
 
-    def latencies(self, proxy: str | None, count: int) -> list[float]:
-        """Seconds per small GET, each on a fresh connection, measured inside the client."""
+    def latencies(self, proxy: str | None, count: int, resolve: bool = True) -> list[float]:
+        """Seconds per small GET, each on a fresh connection, measured inside the client.
+
+        Direct requests resolve the origin's name for each request (`resolve`), as a client
+        without a proxy does (glibc caches nothing); through a proxy the client resolves only
+        the proxy's name, and the proxy resolves the origin.
+        """
         target = (f"GET http://{ORIGIN}/small HTTP/1.1" if proxy else "GET /small HTTP/1.1")
         host, port = (proxy, 8888) if proxy else (ORIGIN, 80)
         out = self.exec_py(f"""
@@ -171,6 +177,8 @@ class Bench:
             out = []
             for i in range({count} + 5):
                 t0 = time.perf_counter()
+                if {resolve!r}:
+                    addr = socket.getaddrinfo({host!r}, {port}, socket.AF_INET)[0][4]
                 s = socket.create_connection(addr)
                 s.sendall(req)
                 data = b''
@@ -229,15 +237,18 @@ def run(ctx: Context) -> None:
 
     # Latency of small requests on fresh connections; each run is `requests` requests, and
     # the figure per run is its p50 or p95.
-    lat: dict[str, list[list[float]]] = {"direct": []}
+    lat: dict[str, list[list[float]]] = {"direct": [], "direct, name resolved once": []}
     for run_no in range(ctx.runs):
         ctx.progress(f"proxy: {requests} small requests each, run {run_no + 1}/{ctx.runs}")
         lat["direct"].append(bench.latencies(None, requests))
+        lat["direct, name resolved once"].append(bench.latencies(None, requests, resolve=False))
         for v in chosen:
             lat.setdefault(v.label, []).append(bench.latencies(aliases[v.label], requests))
     for q, qname in ((0.5, "p50"), (0.95, "p95")):
-        base = f"small GET {qname}, direct"
+        base = f"small GET {qname}, direct (name resolved per request)"
         ctx.add(m, base, "s", [pct(x, q) for x in lat["direct"]])
+        ctx.add(m, f"small GET {qname}, direct (name resolved once)", "s",
+                [pct(x, q) for x in lat["direct, name resolved once"]], baseline=base)
         for v in chosen:
             ctx.add(m, f"small GET {qname} via {v.label}", "s",
                     [pct(x, q) for x in lat[v.label]], baseline=base)
