@@ -17,6 +17,7 @@ Features) and is opened three ways:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import shutil
@@ -66,21 +67,38 @@ def devcontainer_up(ws: Path, env: dict[str, str]) -> tuple[float, str]:
     return took, proc.stderr
 
 
-def stages(log: str) -> dict[str, float]:
-    """Seconds per stage, from the CLI's `Start:`/`Stop (N ms):` lines."""
-    out: dict[str, float] = {}
+def stages(log: str, total: float) -> dict[str, float]:
+    """Seconds per stage of one `devcontainer up`, from the timestamps of the CLI's log: a
+    stage runs from the line that starts it to the line that starts the next one."""
+    marks = (("Running the initializeCommand", "initializeCommand (isofeat init)"),
+             ("Start: Run: docker compose -f", "compose config"),
+             ("Start: Run: docker inspect", "image build (Features)"),
+             ("Start: Run: docker build", "image build (Features)"),
+             (".yml build", "image build (Features)"),
+             (".yml up -d", "compose up (proxy healthy, dev started)"),
+             ("Running the postCreateCommand", "postCreateCommand"),
+             ("Running the postStartCommand", "postStartCommand (isofeat doctor)"))
+    events: list[tuple[float, str]] = []
+    first: float | None = None
     for line in log.splitlines():
-        if "Stop (" in line and " ms): " in line:
-            ms = line.split("Stop (", 1)[1].split(" ms)", 1)[0]
-            what = line.split(" ms): ", 1)[1].strip()
-            key = ("initializeCommand" if "initializeCommand" in what or "isofeat init" in what
-                   else "image build" if what.startswith("Run: docker build") or
-                   "buildx build" in what
-                   else "compose up" if "compose" in what and " up " in f" {what} "
-                   else "postStartCommand" if "postStart" in what or "isofeat doctor" in what
-                   else None)
-            if key and ms.isdigit():
-                out[key] = out.get(key, 0.0) + int(ms) / 1000
+        if not line.startswith("[20") or "]" not in line:
+            continue
+        stamp = line[1:line.index("]")]
+        try:
+            when = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        first = when if first is None else first
+        for needle, stage in marks:
+            if needle in line and (not events or events[-1][1] != stage):
+                events.append((when, stage))
+                break
+    out: dict[str, float] = {}
+    if first is None:
+        return out
+    end = first + total
+    for (when, stage), nxt in zip(events, [*events[1:], (end, "")], strict=True):
+        out[stage] = out.get(stage, 0.0) + max(nxt[0] - when, 0.0)
     return out
 
 
@@ -99,10 +117,11 @@ def run(ctx: Context) -> None:
     try:
         ctx.progress("open: cold devcontainer up (Features image from the layer cache)")
         cold, log = devcontainer_up(ws, env)
-        ctx.add(m, "devcontainer up, cold (image built, layers cached; + self-test)", "s",
-                [cold], note=json.dumps({k: round(v, 2) for k, v in stages(log).items()}))
-        for stage, seconds in stages(log).items():
-            ctx.add(m, f"  cold stage: {stage}", "s", [seconds])
+        parts = stages(log, cold)
+        ctx.add(m, "devcontainer up, cold (Features image built; + self-test)", "s",
+                [cold], note=json.dumps({k: round(v, 2) for k, v in parts.items()}))
+        for stage, seconds in parts.items():
+            ctx.add(m, f"cold stage: {stage}", "s", [seconds])
         image = sh(["docker", "inspect", "-f", "{{.Config.Image}}", container(project, "dev")])
         override = ctx.scratch / "open-override.yaml"
         override.write_text(f"services:\n  dev:\n    image: {image.strip()}\n")
