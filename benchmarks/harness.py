@@ -216,10 +216,10 @@ def write_chart(rows: list[Row], path: Path) -> str | None:
     for r in with_ratio:
         groups.setdefault(r.measurement, []).append(r)
     heights = [max(1.2, 0.38 * len(g) + 0.8) for g in groups.values()]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights)),
+    fig, axes = plt.subplots(len(groups), 1, figsize=(13, sum(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (name, group) in zip(axes[:, 0], groups.items(), strict=True):
-        labels = [f"{r.name}  (vs {r.baseline})" for r in group]
+        labels = [r.name if len(r.name) <= 72 else r.name[:70] + "..." for r in group]
         values = [r.ratio or 0.0 for r in group]
         colors = ["tab:green" if r.meets_target else
                   "tab:red" if r.meets_target is False else "tab:blue" for r in group]
@@ -227,7 +227,8 @@ def write_chart(rows: list[Row], path: Path) -> str | None:
         ax.set_yticks(range(len(group)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_title(name, fontsize=9, loc="left")
+        bases = sorted({str(r.baseline) for r in group})
+        ax.set_title(f"{name}: ratio to " + "; ".join(bases)[:120], fontsize=8, loc="left")
         ax.tick_params(axis="x", labelsize=7)
         if max(values) / max(min(v for v in values if v > 0), 1e-9) > 50:
             ax.set_xscale("log")
@@ -235,7 +236,8 @@ def write_chart(rows: list[Row], path: Path) -> str | None:
             ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
     fig.suptitle("ratio to the baseline measured in the same run "
                  "(green: meets the issue's target, red: misses it)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.98))
+    fig.subplots_adjust(left=0.36)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
