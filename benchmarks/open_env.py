@@ -57,14 +57,24 @@ def container(project: str, service: str) -> str:
     return ids[0]
 
 
-def devcontainer_up(ws: Path, env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(["devcontainer", "up", "--workspace-folder", str(ws)],
-                          capture_output=True, text=True, env=env, timeout=1800, check=False)
-    took = time.perf_counter() - start
-    if '"outcome":"success"' not in proc.stdout.replace(" ", ""):
-        raise BenchError(f"devcontainer up failed: {proc.stdout[-800:]} {proc.stderr[-1500:]}")
-    return took, proc.stderr
+def devcontainer_up(ws: Path, env: dict[str, str], retries: list[str] | None = None,
+                    ) -> tuple[float, str]:
+    """Time one `devcontainer up`. The self-test reaches real hosts through the proxy; when it
+    fails (a flaky uplink), the open is retried once and the failure appended to `retries`."""
+    for attempt in (1, 2):
+        start = time.perf_counter()
+        proc = subprocess.run(["devcontainer", "up", "--workspace-folder", str(ws)],
+                              capture_output=True, text=True, env=env, timeout=1800,
+                              check=False)
+        took = time.perf_counter() - start
+        if '"outcome":"success"' in proc.stdout.replace(" ", ""):
+            return took, proc.stderr
+        failed = [line for line in proc.stderr.splitlines() if "FAIL" in line]
+        if retries is None or attempt == 2 or not failed:
+            raise BenchError(f"devcontainer up failed: {proc.stdout[-800:]} "
+                             f"{proc.stderr[-1500:]}")
+        retries.append(" / ".join(failed)[:300])
+    raise AssertionError("unreachable")
 
 
 def stages(log: str, total: float) -> dict[str, float]:
@@ -129,6 +139,7 @@ def run(ctx: Context) -> None:
                    "-f", str(dc / "compose.yaml"), "-f", str(override)]
         down = [*compose, "down", "-t", "1"]
         cached_dc, cached_raw, warm_dc, warm_raw, stopped_dc, stopped_raw = ([] for _ in range(6))
+        retries: list[str] = []
         for run_no in range(ctx.runs):
             ctx.progress(f"open: images cached, containers removed, run {run_no + 1}/{ctx.runs}")
             sh(down, env=env)
@@ -136,21 +147,23 @@ def run(ctx: Context) -> None:
             sh([*compose, "up", "-d", "--wait"], env=env)
             cached_raw.append(time.perf_counter() - start)
             sh(down, env=env)
-            cached_dc.append(devcontainer_up(ws, env)[0])
+            cached_dc.append(devcontainer_up(ws, env, retries)[0])
             ctx.progress(f"open: warm, run {run_no + 1}/{ctx.runs}")
-            warm_dc.append(devcontainer_up(ws, env)[0])
+            warm_dc.append(devcontainer_up(ws, env, retries)[0])
             dev, proxy = container(project, "dev"), container(project, "proxy")
             start = time.perf_counter()
             sh(["docker", "start", dev])
             sh(["docker", "exec", dev, "true"])
             warm_raw.append(time.perf_counter() - start)
             sh([*compose, "stop", "-t", "1"], env=env)
-            stopped_dc.append(devcontainer_up(ws, env)[0])
+            stopped_dc.append(devcontainer_up(ws, env, retries)[0])
             sh([*compose, "stop", "-t", "1"], env=env)
             start = time.perf_counter()
             sh(["docker", "start", proxy, dev])
             sh(["docker", "exec", dev, "true"])
             stopped_raw.append(time.perf_counter() - start)
+        ctx.add(m, "opens retried after a failed self-test", "count", [float(len(retries))],
+                note="; ".join(retries)[:1000] or None)
         base = "docker compose up -d --wait (images cached, containers removed)"
         ctx.add(m, base, "s", cached_raw)
         ctx.add(m, "devcontainer up, images cached, containers removed (+ init, self-test)",
