@@ -113,6 +113,10 @@ def run(ctx: Context) -> None:
         walk, first = [], []
         for _ in range(max(1, min(ctx.runs, 3))):
             shutil.rmtree(root / "state", ignore_errors=True)
+            # A first open again: the walk is skipped once the worktree's root has the
+            # sandbox group, so every path goes back to the user's group first (not timed).
+            sh(["chgrp", "-R", str(os.getgid()), str(repo)])
+            sh(["chmod", "g-s", str(repo)])
             start = time.perf_counter()
             subprocess.run(["find", str(repo), "-xdev"], check=True, stdout=subprocess.DEVNULL)
             walk.append(time.perf_counter() - start)
