@@ -110,9 +110,6 @@ def run(ctx: Context) -> None:
         ctx.progress(f"init: first open of a {files}-file repository")
         repo_root = ctx.scratch / f"repo{files}"
         repo = make_repo(repo_root, files, 0)
-        # Pack now: a commit of many files starts `git gc --auto` in the background, which
-        # would otherwise remove folders under a timed walk.
-        sh(["git", "-c", "gc.autoDetach=false", "gc", "-q"], cwd=repo)
         walk, first = [], []
         for _ in range(max(1, min(ctx.runs, 3))):
             shutil.rmtree(root / "state", ignore_errors=True)
@@ -122,7 +119,6 @@ def run(ctx: Context) -> None:
             sh(["chmod", "g-s", str(repo)])
             start = time.perf_counter()
             subprocess.run(["find", str(repo), "-xdev"], check=True, stdout=subprocess.DEVNULL)
-            # (check=True: after the gc above nothing else changes the tree)
             walk.append(time.perf_counter() - start)
             first += samples([isofeat, "init", "-q", str(repo)], 1, env, repo)
         wname = f"find over {files} files (one walk)"
