@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,19 +239,21 @@ def write_chart(rows: list[Row], path: Path) -> str | None:
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.98))
     fig.subplots_adjust(left=0.36)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return None
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "host": platform.node(), "python": platform.python_version(),
-        "platform": platform.platform(), "cpus": os.cpu_count(),
-    }
-    with suppress(OSError):
-        info["loadavg_start"] = os.getloadavg()
-    return info
+    return {"host": platform.node(), "python": platform.python_version(),
+            "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def loadavg() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
 
 
 @contextmanager
@@ -290,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: dict[str, str] = {}
     durations: dict[str, float] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
+    load_start = loadavg()
     with scratch_dir() as scratch:
         ctx = Context(runs=runs, smoke=args.smoke, scratch=scratch, run_id=run_id)
         for m in selected:
@@ -315,9 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r.target and r.ratio is not None:
             r.meets_target = _meets(r.target, r.ratio)
 
-    info = machine()
-    with suppress(OSError):
-        info["loadavg_end"] = os.getloadavg()
+    info = {**machine(), "loadavg_start": load_start, "loadavg_end": loadavg()}
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     doc = {
         "command": command.strip(), "started": started.isoformat(timespec="seconds"),
