@@ -24,7 +24,10 @@ from pathlib import Path
 
 
 def git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", *args],
+    # gc.auto=0: a commit of many files would start `git gc --auto` in the background, which
+    # removes folders under a timed walk and competes for the CPU.
+    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", "-c", "gc.auto=0",
+                    *args],
                    cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -1,0 +1,1 @@
+"""isofeat benchmarks: `python -m benchmarks --help` (see docs/performance.md)."""
