@@ -58,7 +58,11 @@ from isofeat.notify.tree import remove_tree
 RATE_PER_MINUTE = 10
 SUMMARY_INTERVAL_SECONDS = 60.0
 RESCAN_SECONDS = 10.0
-DEBOUNCE_SECONDS = 0.1
+# Long enough for the events of one sender's write-and-rename to arrive together, short
+# enough not to be the latency users feel: at 0.1 s it was the whole p95 (105 ms,
+# docs/performance.md). A burst still costs one scan per 20 ms at most, and a scan handles
+# at most MAX_PENDING_ENTRIES entries of each environment.
+DEBOUNCE_SECONDS = 0.02
 # Bound on remembered "left alone" items, so a sandbox creating folders without end cannot
 # grow the watcher's memory; past it, further such items are skipped silently.
 MAX_REPORTED = 10_000
