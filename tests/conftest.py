@@ -109,6 +109,14 @@ def dind_image(docker_client: Any, base_image: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def broker_image(docker_client: Any, base_image: str) -> str:
+    """The tag of an up-to-date isofeat credential-broker image (``isofeat/broker:<version>``)."""
+    from isofeat import image_build
+
+    return image_build.ensure("broker", client=docker_client)
+
+
+@pytest.fixture(scope="session")
 def isofeat_wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a wheel of isofeat built from this checkout, once per test run.
 

@@ -208,7 +208,8 @@ def test_no_option_keeps_the_ca_set_and_an_explicit_empty_set_drops_it(
 
 
 def test_image_build_reuses_up_to_date_images(
-    base_image: str, proxy_image: str, dind_image: str, capsys: pytest.CaptureFixture[str]
+    base_image: str, proxy_image: str, dind_image: str, broker_image: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["image", "build", "all", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -216,6 +217,7 @@ def test_image_build_reuses_up_to_date_images(
         ("base", "reused"),
         ("proxy", "reused"),
         ("dind", "reused"),
+        ("broker", "reused"),
     ]
     assert summary["images"][1]["tags"][0] == proxy_image
     assert summary["seconds"] < 10
