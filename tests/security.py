@@ -5,9 +5,6 @@ is required, as on CI), then writes ``report.json`` and ``report.md`` to
 ``$ISOFEAT_SECURITY_REPORT_DIR`` (default ``build/security-report``) and prints the summary
 line. Extra arguments go to pytest, e.g. ``python -m tests.security -x``.
 
-``--merge OUT PART...`` joins the reports of several pytest runs (scripts/test runs two lanes
-side by side) into one in OUT and prints its summary line.
-
 ``--update-docs`` also puts the run's tables into docs/security.md (between its report
 markers) and the full table into docs/security-report.md; ``--from-report`` does only that,
 from the last run's report.json (for example the one a full ``scripts/test`` run wrote).
@@ -72,18 +69,7 @@ def load_entries(folder: Path) -> list[report.Entry]:
     return [report.Entry(**e) for e in data["entries"]]
 
 
-def merge(out: Path, parts: list[Path]) -> int:
-    entries = [e for part in parts if (part / "report.json").is_file()
-               for e in load_entries(part)]
-    json_path, md_path = report.write(entries, out)
-    print(report.summary(entries))
-    print(f"security report: {md_path} and {json_path}")
-    return 0
-
-
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--merge"]:
-        return merge(Path(argv[1]), [Path(a) for a in argv[2:]])
     docs = "--update-docs" in argv or "--from-report" in argv
     if "--from-report" in argv:
         update_docs(load_entries(report.report_dir()))
