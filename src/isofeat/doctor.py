@@ -419,6 +419,19 @@ def _host_targets() -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(targets)), names
 
 
+def arp_entries(addresses: list[str], path: str = "/proc/net/arp") -> str:
+    """"; next hop <ip> is <mac>" for the neighbours that answered: which interface took the
+    traffic (a container's MAC is 02:42 and its IPv4 address) is what a report needs."""
+    wanted = set(addresses) | set(route_gateways())
+    found = []
+    with contextlib.suppress(OSError), open(path, encoding="ascii") as fh:
+        for line in list(fh)[1:]:
+            fields = line.split()
+            if len(fields) >= 4 and fields[0] in wanted and fields[3] != "00:00:00:00:00:00":
+                found.append(f"{fields[0]} is {fields[3]}")
+    return f"; next hop {', '.join(found)}" if found else ""
+
+
 def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
     """Nothing on the host answers: not at the gateway, docker0, or host.docker.internal.
 
@@ -443,7 +456,7 @@ def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
     detail = (
         f"the host answered at {'; '.join(reached)}"
         f"{resolved} (a refusal is an answer too): any server on the host bound to 0.0.0.0 "
-        "is open to the agent, past the proxy"
+        f"is open to the agent, past the proxy{arp_entries(list(by_address))}"
     )
     if environ.get(ALLOW_HOST_ACCESS) == "1":
         return Check("host-access", True,

@@ -278,3 +278,19 @@ def test_the_check_reads_pid_1_path_and_fails_naming_the_folder(tmp_path: Path) 
     check = doctor.check_root_path(str(environ))
     assert check.ok is False and f"{top}/bin: writable (gid 2000, mode 2775)" in check.detail
     assert "chmod go-w" in check.detail
+
+
+def test_a_host_access_failure_names_the_next_hop_that_answered(tmp_path: Path) -> None:
+    """The MAC of the neighbour that took the traffic says which interface answered (a
+    container's is 02:42 plus its IPv4 address); unresolved entries are left out."""
+    from isofeat.doctor import arp_entries
+
+    arp = tmp_path / "arp"
+    arp.write_text(
+        "IP address       HW type     Flags       HW address            Mask     Device\n"
+        "192.168.128.1    0x1         0x2         02:42:c0:a8:80:01     *        eth0\n"
+        "192.168.128.2    0x1         0x2         02:42:c0:a8:80:02     *        eth0\n"
+        "10.0.0.1         0x1         0x0         00:00:00:00:00:00     *        eth0\n")
+    said = arp_entries(["192.168.128.1", "10.0.0.1"], str(arp))
+    assert said == "; next hop 192.168.128.1 is 02:42:c0:a8:80:01"
+    assert arp_entries(["192.0.2.9"], str(tmp_path / "missing")) == ""
