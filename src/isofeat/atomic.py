@@ -47,14 +47,18 @@ def remove_leftovers(folder: Path, prefix: str, suffix: str = ".tmp") -> list[st
         if not digits.isdigit() or pid_alive(int(digits)):
             continue
         path = folder / name
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if path.is_dir() and not path.is_symlink():
                 import shutil
 
                 shutil.rmtree(path)
             else:
                 path.unlink()
-            removed.append(name)
+        except OSError:
+            # Gone already, or a dead run's orphaned child is still writing into it: the
+            # next run takes it.
+            continue
+        removed.append(name)
     return removed
 
 

@@ -244,14 +244,16 @@ def create_agent_git(host: HostGit, dest: Path, gid: int) -> bool:
     Built in a temporary folder beside ``dest`` and renamed into place, so a killed run
     leaves no half-made repository. The host runs git only while it alone owns the folder.
     """
+    from isofeat.atomic import remove_leftovers
+
+    # A run killed before the rename below left its half-made copy (named by its pid). This
+    # runs on every open, not only the first: the killed run's git children live on for a
+    # moment and may create that copy after the next run has already made ``dest``.
+    remove_leftovers(dest.parent, f".{dest.name}.tmp-", suffix="")
     if os.path.lexists(dest):
         return False
     import shutil  # only on a first open: a warm init never gets here
 
-    from isofeat.atomic import remove_leftovers
-
-    # A run killed before the rename below left its half-made copy (named by its pid).
-    remove_leftovers(dest.parent, f".{dest.name}.tmp-", suffix="")
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)

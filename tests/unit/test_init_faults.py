@@ -142,3 +142,30 @@ def test_a_temporary_file_of_a_dead_writer_is_removed_and_a_live_ones_kept(
     assert target.read_text() == "whole\n"
     assert not stale.exists() and live.exists() and foreign.exists()
     assert remove_leftovers(tmp_path, prefix) == []
+
+
+def test_a_half_made_agent_git_that_appears_after_the_repair_is_removed_by_a_warm_run(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A killed init's git children outlive it and may finish their copy late.
+
+    CI saw it: the repair run found nothing to remove and made the agent's git; the orphan
+    then created ``.git.tmp-<dead pid>``, and a warm run (agent git present) left it. The
+    late copy is made by hand here, so the order is certain.
+    """
+    project = make_project(tmp_path / "p")
+    first = subprocess.run(init_argv(project), env=env, capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    agent_git = Path(json.loads(first.stdout)["agent_git"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    late = agent_git.with_name(f".{agent_git.name}.tmp-{dead.pid}")
+    (late / "objects").mkdir(parents=True)
+    (late / "HEAD").write_text("ref: refs/heads/main\n")
+    live = agent_git.with_name(f".{agent_git.name}.tmp-{os.getpid()}")  # a run still going
+    live.mkdir()
+    warm = subprocess.run(init_argv(project), env=env, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert json.loads(warm.stdout)["changed"] is False
+    assert not late.exists()
+    assert live.is_dir()
