@@ -69,14 +69,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
-    """A docker SDK client (``docker.from_env()``); applies the docker policy itself too."""
+def docker_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A docker SDK client (``docker.from_env()``); applies the docker policy itself too.
+
+    At the end of the session it removes every environment a test brought up under this
+    session's temporary folder, so that a failed test leaves nothing running.
+    """
     _apply_docker_policy()
     from docker.client import from_env
+
+    from tests.docker.leftovers import remove_projects_under
 
     # Image builds and container waits can be quiet for longer than the SDK's 60 s default.
     client = from_env(timeout=600)
     yield client
+    remove_projects_under(client, tmp_path_factory.getbasetemp())
     client.close()
 
 

@@ -420,16 +420,37 @@ def _host_targets() -> tuple[list[str], list[str]]:
 
 
 def arp_entries(addresses: list[str], path: str = "/proc/net/arp") -> str:
-    """"; next hop <ip> is <mac>" for the neighbours that answered: which interface took the
-    traffic (a container's MAC is 02:42 and its IPv4 address) is what a report needs."""
+    """"; next hop <ip> is <mac>" for the neighbours that answered, then every other
+    resolved neighbour: which interface took the traffic (a container's MAC is 02:42 and
+    its IPv4 address) is what a report needs."""
     wanted = set(addresses) | set(route_gateways())
-    found = []
+    hops: list[str] = []
+    others: list[str] = []
     with contextlib.suppress(OSError), open(path, encoding="ascii") as fh:
         for line in list(fh)[1:]:
             fields = line.split()
-            if len(fields) >= 4 and fields[0] in wanted and fields[3] != "00:00:00:00:00:00":
-                found.append(f"{fields[0]} is {fields[3]}")
-    return f"; next hop {', '.join(found)}" if found else ""
+            if len(fields) < 4 or fields[3] == "00:00:00:00:00:00":
+                continue
+            (hops if fields[0] in wanted else others).append(f"{fields[0]} is {fields[3]}")
+    said = f"; next hop {', '.join(hops)}" if hops else "; no resolved next hop"
+    return said + (f"; other neighbours {', '.join(others)}" if others else "")
+
+
+def route_table(path: str = "/proc/net/route") -> str:
+    """"; routes <dest>/<bits> via <gateway> dev <iface>, ...": with the neighbours, enough
+    to tell after the fact where a host answer came from (the container is stopped by then)."""
+    routes = []
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="ascii") as fh:
+        for line in list(fh)[1:]:
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            dest, gateway = (socket.inet_ntoa(int(f, 16).to_bytes(4, "little"))
+                             for f in (fields[1], fields[2]))
+            bits = bin(int(fields[7], 16)).count("1")
+            via = f" via {gateway}" if int(fields[2], 16) else ""
+            routes.append(f"{dest}/{bits}{via} dev {fields[0]}")
+    return f"; routes {', '.join(routes)}" if routes else ""
 
 
 def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
@@ -457,6 +478,7 @@ def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
         f"the host answered at {'; '.join(reached)}"
         f"{resolved} (a refusal is an answer too): any server on the host bound to 0.0.0.0 "
         f"is open to the agent, past the proxy{arp_entries(list(by_address))}"
+        f"{route_table()}"
     )
     if environ.get(ALLOW_HOST_ACCESS) == "1":
         return Check("host-access", True,

@@ -292,5 +292,19 @@ def test_a_host_access_failure_names_the_next_hop_that_answered(tmp_path: Path) 
         "192.168.128.2    0x1         0x2         02:42:c0:a8:80:02     *        eth0\n"
         "10.0.0.1         0x1         0x0         00:00:00:00:00:00     *        eth0\n")
     said = arp_entries(["192.168.128.1", "10.0.0.1"], str(arp))
-    assert said == "; next hop 192.168.128.1 is 02:42:c0:a8:80:01"
-    assert arp_entries(["192.0.2.9"], str(tmp_path / "missing")) == ""
+    assert said == ("; next hop 192.168.128.1 is 02:42:c0:a8:80:01"
+                    "; other neighbours 192.168.128.2 is 02:42:c0:a8:80:02")
+    assert arp_entries(["192.0.2.9"], str(tmp_path / "missing")) == "; no resolved next hop"
+
+
+def test_a_host_access_failure_lists_the_routes(tmp_path: Path) -> None:
+    from isofeat.doctor import route_table
+
+    table = tmp_path / "route"
+    table.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+        "eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00F0FFFF\t0\t0\t0\n")
+    assert route_table(str(table)) == (
+        "; routes 0.0.0.0/0 via 192.168.0.1 dev eth0, 192.168.0.0/20 dev eth0")
+    assert route_table(str(tmp_path / "missing")) == ""
