@@ -4,7 +4,8 @@ A test that fails halfway leaves its environments behind, and their ``restart:
 unless-stopped`` services come back with the engine: the next run then shares the machine
 with them (addresses, memory, names). The session's ``docker_client`` fixture calls this
 for its own temporary folder at the end, and ``.ci/run`` for every pytest folder before
-the tests (``python -m tests.docker.leftovers``), when nothing else may be running.
+the tests (``python -m tests.docker.leftovers``), when nothing else may be running; that
+also removes whatever carries the tests' own ``isofeat.test`` label.
 
 Only projects whose Compose working folder lies under the given root are touched, with
 the ``vsc-*`` images the devcontainer CLI built for them.
@@ -19,6 +20,8 @@ from typing import Any
 
 WORKING_DIR = "com.docker.compose.project.working_dir"
 PROJECT = "com.docker.compose.project"
+#: What tests/docker/conftest.py labels the containers and networks it starts itself with.
+TEST_LABEL = "isofeat.test"
 
 
 def _under(path: str, root: Path) -> bool:
@@ -60,6 +63,28 @@ def remove_projects_under(client: Any, root: Path) -> list[str]:
     return sorted(projects)
 
 
+def remove_labelled(client: Any, label: str = TEST_LABEL) -> int:
+    """Remove every container, network and volume carrying ``label`` (tests' own servers,
+    clients and stacks). Only for a machine where no other test run is going on."""
+    from docker.errors import APIError, NotFound
+
+    removed = 0
+    flt = {"label": label}
+    for container in client.containers.list(all=True, filters=flt):
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True, v=True)
+            removed += 1
+    for network in client.networks.list(filters=flt):
+        with contextlib.suppress(NotFound, APIError):
+            network.remove()
+            removed += 1
+    for volume in client.volumes.list(filters=flt):
+        with contextlib.suppress(NotFound, APIError):
+            volume.remove(force=True)
+            removed += 1
+    return removed
+
+
 def main(argv: list[str]) -> int:
     from docker.client import from_env
 
@@ -68,8 +93,10 @@ def main(argv: list[str]) -> int:
         return 2
     client = from_env(timeout=120)
     removed = remove_projects_under(client, Path(argv[0]))
+    others = remove_labelled(client)
     print(f"removed {len(removed)} environment(s) left by earlier test runs under {argv[0]}"
-          + (f": {', '.join(removed)}" if removed else ""))
+          + (f": {', '.join(removed)}" if removed else "")
+          + f", and {others} labelled {TEST_LABEL} container(s), network(s) or volume(s)")
     return 0
 
 

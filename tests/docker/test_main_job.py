@@ -21,6 +21,7 @@ import pytest
 
 from isofeat.layout import env_id_for, project_name
 from isofeat.tasks import remove_environment
+from tests.docker.reopen import devcontainer_up
 
 pytestmark = pytest.mark.docker
 
@@ -56,10 +57,8 @@ def bake(root: Path, env: dict[str, str], **answers: str) -> Path:
 
 
 def up(ws: Path, env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run(
-        [need("devcontainer"), "up", "--workspace-folder", str(ws)],
-        capture_output=True, text=True, env=env, check=False, timeout=1800,
-    )
+    result = devcontainer_up(need("devcontainer"), ws, env,
+                             project=project_name(env_id_for(ws)))
     lines = result.stdout.strip().splitlines()
     outcome: dict[str, Any] = json.loads(lines[-1]) if lines else {}
     if outcome.get("outcome") != "success" and "postStartCommand" in result.stdout:

@@ -16,6 +16,7 @@ import pytest
 
 from isofeat.layout import env_id_for, project_name
 
+from .reopen import after_failed_open, devcontainer_up
 from .test_main_job import bake, host_env, need, run_in
 
 pytestmark = pytest.mark.docker
@@ -69,13 +70,20 @@ def test_three_tasks_side_by_side_isolated_removable_and_notifying(
         for name in ("a", "b")
     ]
     third = isofeat("task", "new", "c", "--up", cwd=repo, env=env)
-    assert third.returncode == 0, third.stderr[-4000:]
     assert "==> devcontainer up" in third.stderr  # progress is shown
-    for proc in procs:
-        _out, err = proc.communicate(timeout=1800)
-        assert proc.returncode == 0, err[-4000:]
-
     projects = {n: project_name(env_id_for(tmp_path / f"repo-{n}")) for n in "abc"}
+    opened = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=1800)
+        opened.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    for name, result in zip("abc", [*opened, third], strict=True):
+        # A known start-time refusal is recorded and reopened once (tests/docker/reopen.py).
+        if result.returncode != 0 and after_failed_open(result, project=projects[name],
+                                                        where=f"repo-{name}"):  # fmt: skip
+            result = devcontainer_up(need("devcontainer"), tmp_path / f"repo-{name}", env,
+                                     project=projects[name])
+        assert result.returncode == 0, result.stderr[-4000:]
+
     assert len(set(projects.values())) == 3
     resources = {n: project_resources(docker_client, p) for n, p in projects.items()}
     for kind in ("containers", "networks", "volumes"):
