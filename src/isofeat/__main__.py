@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from isofeat.cli import main
+from isofeat.launch import main
 
 raise SystemExit(main())

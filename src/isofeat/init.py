@@ -35,6 +35,7 @@ from isofeat.settings import Settings, read_settings, resolve_cpus
 # Not typing.TYPE_CHECKING: importing typing costs init a few percent of its time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # whitelist is imported only when a render is needed
+    from isofeat import quickinit
     from isofeat.whitelist import Policy
 
 DIND_POOL = (10, 213)  # DinD subnets are 10.213.X.0/24, X chosen by the environment id
@@ -418,3 +419,41 @@ def _quote(value: str) -> str:
         raise IsofeatError(f"a path holds a single quote: {value!r}",
                            fix="move the project to a path without quotes")
     return f"'{value}'"
+
+
+# --- the warm path's fingerprint (quickinit.py) ---------------------------------------------
+
+
+def quick_plan(workspace: Path, environ: Mapping[str, str] = os.environ) -> quickinit.Plan:
+    """Everything :func:`init` reads, besides the workspace's git and the environment
+    variables, which quickinit fingerprints itself. Keep it whole: a read left out here is
+    a change the warm path would not see (tests/unit/test_quick_init.py)."""
+    from isofeat import quickinit
+    from isofeat.engine import local_socket
+    from isofeat.envvars import DOCKER_CONFIG, config_dir
+
+    env = Environment(workspace, environ)
+    config = config_dir(environ)
+    package = Path(__file__).parent
+    docker_config = Path(environ.get(DOCKER_CONFIG) or
+                         Path(environ.get("HOME", "~")).expanduser() / ".docker")
+    socket = local_socket(environ)
+    inputs = [str(docker_config / "config.json"), *([socket] if socket else [])]
+    folders = [env.devcontainer, config, config / "secrets", package,
+               *(package / sub for sub in ("whitelists", "commands", "notify"))]
+    return quickinit.Plan(str(workspace), inputs, [str(f) for f in folders])
+
+
+def quick_outputs(plan: quickinit.Plan, result: Mapping[str, object],
+                  environ: Mapping[str, str] = os.environ) -> None:
+    """Add what :func:`init` wrote (``result`` is its return value) to ``plan``."""
+    from isofeat.envvars import state_dir
+
+    env = Environment(Path(plan.workspace), environ)
+    plan.outputs = [str(env.devcontainer), str(env.devcontainer / layout.ENV_FILE)]
+    plan.output_folders = [str(p) for p in (
+        env.state_dir, env.proxy_dir, env.dind_proxy_dir, env.broker_dir, env.trust_dir,
+        state_dir(environ),
+    )]
+    # The agent writes its notifications there: only its identity, mode and owners count.
+    plan.owned = [str(result["notify_dir"])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,23 +14,34 @@ from isofeat.layout import SANDBOX_GID, SANDBOX_UID
 
 
 def init(workspace: Path, as_json: bool, quiet: bool, share: bool) -> int:
+    from isofeat import quickinit
     from isofeat.init import init as run_init
+    from isofeat.init import quick_outputs, quick_plan
 
     if not workspace.is_dir():
         # Said here, before "has no .devcontainer/": the folder itself is what is wrong.
         what = "does not exist" if not workspace.exists() else "is not a folder"
         raise IsofeatError(f"{workspace}: {what}", fix="give the project's folder (default: .)")
+    # The warm path's stamp (quickinit.py): inputs fingerprinted before the run, outputs
+    # after it. A run that shares less than a plain `isofeat init` leaves no stamp.
+    real = str(workspace.resolve())
+    plan = quick_plan(workspace.resolve(), os.environ) if share else None
+    before = plan.inputs_now(os.environ) if plan else ""
+    quickinit.forget(real, os.environ)
     result = run_init(workspace, share=share)
+    message = (
+        f"isofeat: environment {result['env_id']} (compose project {result['project']}); "
+        f"{result['sandbox_entries']} whitelist entries"
+        + (f", DinD {result['dind_entries']}" if result["docker_in_docker"] else "")
+    )
     if as_json:
         print(json.dumps(result))
     elif not quiet:
-        print(
-            f"isofeat: environment {result['env_id']} (compose project {result['project']}); "
-            f"{result['sandbox_entries']} whitelist entries"
-            + (f", DinD {result['dind_entries']}" if result["docker_in_docker"] else "")
-            + ("; .env updated" if result["changed"] else "; .env unchanged"),
-            file=sys.stderr,
-        )
+        print(message + ("; .env updated" if result["changed"] else "; .env unchanged"),
+              file=sys.stderr)
+    if plan is not None:
+        quick_outputs(plan, result, os.environ)
+        quickinit.record(plan, before, message + "; .env unchanged", os.environ)
     return EXIT_OK
 
 
