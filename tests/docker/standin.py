@@ -13,6 +13,11 @@ Paths:
                  HTTPS sends its credentials only then)
   /v1/messages   a minimal Anthropic Messages answer saying STANDIN-REPLY (JSON, or server-sent
                  events when the request asks for a stream): enough for a real `claude -p`
+  /v1/responses  a minimal OpenAI Responses answer saying STANDIN-REPLY (JSON, or server-sent
+                 events when the request asks for a stream): enough for a real `codex exec`
+  /v1beta/models/M:generateContent, M:streamGenerateContent
+                 a minimal Gemini answer saying STANDIN-REPLY (JSON; server-sent events for
+                 ?alt=sse, a JSON array for a stream without it): enough for a real `gemini -p`
   anything else  200 "ok"
 
 Usage: python3 standin.py CERT KEY   (HTTPS on 443, plain HTTP on 80)
@@ -25,6 +30,7 @@ import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 LOG = "/tmp/requests.jsonl"
@@ -74,6 +80,13 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/messages" and self.command == "POST":
             self._messages(body)
             return
+        if url.path == "/v1/responses" and self.command == "POST":
+            self._responses(body)
+            return
+        if url.path.startswith("/v1beta/models/") and self.command == "POST":
+            self._gemini(url.path.rpartition(":")[2], parse_qs(url.query).get("alt") == ["sse"],
+                         body)
+            return
         if url.path == "/echo":
             text = json.dumps({"headers": [[k, v] for k, v in self.headers.items()],
                                "body": body.decode("latin-1")}).encode()
@@ -117,13 +130,92 @@ class Handler(BaseHTTPRequestHandler):
             text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
                            for name, data in events).encode()
             kind = "text/event-stream"
+        self._send(kind, text)
+
+    def _responses(self, body: bytes) -> None:
+        try:
+            stream = bool(json.loads(body or b"{}").get("stream"))
+        except ValueError:
+            stream = False
+        item: dict[str, Any] = {"type": "message", "id": "msg_standin", "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}
+        usage = {"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": 1, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": 2}
+        response: dict[str, Any] = {"id": "resp_standin", "object": "response",
+                                    "model": "gpt-standin", "status": "completed",
+                                    "output": [item], "usage": usage}
+        if not stream:
+            self._send("application/json", json.dumps(response).encode())
+            return
+        # Codex shows the text of `response.output_item.done` and waits for
+        # `response.completed`; the delta is what a streaming client prints as it comes.
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {**response, "status": "in_progress",
+                                               "output": []}}),
+            ("response.output_item.added", {"output_index": 0,
+                                            "item": {**item, "status": "in_progress",
+                                                     "content": []}}),
+            ("response.output_text.delta", {"output_index": 0, "content_index": 0,
+                                            "item_id": "msg_standin", "delta": REPLY}),
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            ("response.completed", {"response": response}),
+        ]
+        self._send("text/event-stream", "".join(
+            f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
+            for name, data in events).encode())
+
+    def _gemini(self, method: str, sse: bool, body: bytes) -> None:
+        if method == "countTokens":
+            self._send("application/json", b'{"totalTokens": 1}')
+            return
+        try:
+            config = json.loads(body or b"{}").get("generationConfig") or {}
+        except ValueError:
+            config = {}
+        # Gemini CLI first asks a small model to route the prompt, with a JSON schema for the
+        # answer, and retries while the answer does not fit it: answer such calls in JSON.
+        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        text = json.dumps(_fill(schema)) if schema else REPLY
+        answer = json.dumps({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1,
+                              "totalTokenCount": 2},
+            "modelVersion": "gemini-standin",
+        })
+        if method == "streamGenerateContent":
+            # ?alt=sse asks for server-sent events; without it the stream is a JSON array.
+            if sse:
+                self._send("text/event-stream", f"data: {answer}\r\n\r\n")
+            else:
+                self._send("application/json", f"[{answer}]")
+        else:
+            self._send("application/json", answer)
+
+    def _send(self, kind: str, text: bytes | str) -> None:
+        data = text.encode() if isinstance(text, str) else text
         self.send_response(200)
         self.send_header("content-type", kind)
-        self.send_header("content-length", str(len(text)))
+        self.send_header("content-length", str(len(data)))
         self.end_headers()
-        self.wfile.write(text)
+        self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_HEAD = _handle
+
+
+def _fill(schema: dict[str, Any]) -> object:
+    """The smallest value that fits a (Gemini or JSON) schema: required properties only,
+    the first enum value, STANDIN-REPLY for strings."""
+    kind = str(schema.get("type", "object")).lower()
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: _fill(props.get(name) or {}) for name in schema.get("required") or props}
+    return {"string": REPLY, "integer": 1, "number": 1, "boolean": False,
+            "array": []}.get(kind)
 
 
 def main() -> None:

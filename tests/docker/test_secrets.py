@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -45,7 +46,7 @@ BOUND = {
 }
 RULED = {"secret": "RULED_TOKEN", "hosts": ["api.github.com"], "header": "x-ruled-token",
          "methods": ["GET"], "paths": ["/repos/o/r/*"]}
-CLAUDE_TAG = "isofeat-test/claude:1"
+AGENTS_TAG = "isofeat-test/agents:1"
 NAMES = ["api.anthropic.com", "api.openai.com", "generativelanguage.googleapis.com",
          "github.com", "api.github.com", "unbound.test"]
 
@@ -136,14 +137,15 @@ class Brokered:
 
 
 @pytest.fixture(scope="session")
-def claude_image(docker_client: Any, netkit_image: str) -> str:
-    """netkit plus Node and the real Claude Code CLI (tests/docker/claude/Dockerfile)."""
+def agents_image(docker_client: Any, netkit_image: str) -> str:
+    """netkit plus Node and the real Claude Code, Codex and Gemini CLIs
+    (tests/docker/agents/Dockerfile)."""
     try:
-        docker_client.images.get(CLAUDE_TAG)
+        docker_client.images.get(AGENTS_TAG)
     except Exception:  # docker.errors.ImageNotFound; build below
-        docker_client.images.build(path=str(HERE / "claude"), tag=CLAUDE_TAG, rm=True,
+        docker_client.images.build(path=str(HERE / "agents"), tag=AGENTS_TAG, rm=True,
                                    buildargs={"BASE_IMAGE": netkit_image})
-    return CLAUDE_TAG
+    return AGENTS_TAG
 
 
 @pytest.fixture
@@ -184,9 +186,9 @@ def brokered(
     for f in files.iterdir():
         f.chmod(0o644)
 
-    # `dev` runs netkit, or (indirect parameter "claude") netkit with the real Claude Code CLI.
-    dev_image = (request.getfixturevalue("claude_image")
-                 if getattr(request, "param", None) == "claude" else netkit_image)
+    # `dev` runs netkit, or (indirect parameter "agents") netkit with the real agent CLIs.
+    dev_image = (request.getfixturevalue("agents_image")
+                 if getattr(request, "param", None) == "agents" else netkit_image)
     env = make_env("secrets", base_image=dev_image, extra_whitelist="unbound.test")
     egress = docker_client.networks.get(f"{env.name}_egress")
     standin = run_container(
@@ -279,7 +281,7 @@ def test_the_agents_authenticate_with_the_real_value_and_see_placeholders(
     assert '"event": "forwarded"' in log and not b.leaks(log)
 
 
-@pytest.mark.parametrize("brokered", ["claude"], indirect=True)
+@pytest.mark.parametrize("brokered", ["agents"], indirect=True)
 def test_the_real_claude_cli_and_git_authenticate_with_placeholders(
     brokered: Brokered, security_report: Any
 ) -> None:
@@ -313,6 +315,66 @@ def test_the_real_claude_cli_and_git_authenticate_with_placeholders(
         observed=f"authorizations at the server: {[a is not None for a in auths]}; real token "
                  f"in Basic: {expected in auths}; leaks to the agent {b.leaks(done.stdout)}",
         ok=auths[:1] == [None] and expected in auths and not b.leaks(done.stdout),
+    )
+
+
+def _real_cli(b: Brokered, security_report: Any, what: str, script: str, secret: str,
+              api_path: str) -> None:
+    """Run a real agent CLI in `dev` as the agent (``script``, from /tmp) and record whether
+    it got the stand-in's reply, and every request that reached the stand-in for the secret's
+    host carried exactly the real value in the bound header (the placeholder nowhere)."""
+    host, header, form = BOUND[secret]
+    b.reset()
+    done = b.agent(f"cd /tmp && {script} 2>&1; echo rc=$?", timeout=300)
+    arrived = b.arrived()
+    at_host = [a for a in arrived if a["sni"] == host]
+    calls = [a for a in at_host if urlsplit(a["path"]).path.startswith(api_path)]
+    # None when a request came without the header: that fails too.
+    creds = {_header(a, header) for a in at_host}
+    placeholder_seen = b.placeholder[secret] in json.dumps(arrived)
+    print(done.stdout[-3000:], [(a["method"], a["sni"], a["path"]) for a in arrived])
+    security_report.attack(
+        CASE, what,
+        expected=f"every request to {host} reaches the stand-in with the real key in {header}; "
+                 "the CLI prints the stand-in's reply",
+        observed=f"{len(calls)} {api_path} request(s) of {len(at_host)} to {host}; only the "
+                 f"real key arrived {creds == {form.format(b.real[secret])}}; placeholder at "
+                 f"the server {placeholder_seen}; reply shown {'STANDIN-REPLY' in done.stdout}; "
+                 f"leaks to the agent {b.leaks(done.stdout)}; {done.stdout.strip()[-80:]}",
+        ok=bool(calls) and creds == {form.format(b.real[secret])} and not placeholder_seen
+        and "STANDIN-REPLY" in done.stdout and not b.leaks(done.stdout),
+    )
+
+
+@pytest.mark.parametrize("brokered", ["agents"], indirect=True)
+def test_the_real_codex_cli_authenticates_with_the_placeholder(
+    brokered: Brokered, security_report: Any
+) -> None:
+    # `codex exec` (0.171) reads its key from CODEX_API_KEY or from `codex login`, not from
+    # OPENAI_API_KEY: log in with the placeholder, as its help says (`printenv ... |`). It
+    # first tries the Responses API over a WebSocket (GET /v1/responses), then falls back to
+    # POST /v1/responses with server-sent events; it trusts the CA in SSL_CERT_FILE.
+    _real_cli(
+        brokered, security_report,
+        "the real Codex CLI (codex exec) logged in with OPENAI_API_KEY = the placeholder",
+        "export HOME=/tmp/codex-home; printenv OPENAI_API_KEY | codex login --with-api-key"
+        " && timeout 240 codex exec --skip-git-repo-check 'say hi'",
+        "OPENAI_API_KEY", "/v1/responses",
+    )
+
+
+@pytest.mark.parametrize("brokered", ["agents"], indirect=True)
+def test_the_real_gemini_cli_authenticates_with_the_placeholder(
+    brokered: Brokered, security_report: Any
+) -> None:
+    # `gemini -p` takes GEMINI_API_KEY from the environment and sends it in x-goog-api-key;
+    # it routes through HTTPS_PROXY and trusts NODE_EXTRA_CA_CERTS. --skip-trust: /tmp is not
+    # a trusted folder, and headless mode refuses to start in one otherwise.
+    _real_cli(
+        brokered, security_report,
+        "the real Gemini CLI (gemini -p) with GEMINI_API_KEY = the placeholder",
+        "HOME=/tmp/gemini-home timeout 240 gemini --skip-trust -p 'say hi'",
+        "GEMINI_API_KEY", "/v1beta/models/",
     )
 
 
