@@ -79,13 +79,16 @@ class Binding:
 
 #: Claude Code sends ANTHROPIC_API_KEY as ``x-api-key`` and the ``claude setup-token`` OAuth
 #: token (CLAUDE_CODE_OAUTH_TOKEN) as ``Authorization: Bearer``; Codex sends OPENAI_API_KEY
-#: as ``Authorization: Bearer``; Gemini CLI sends GEMINI_API_KEY as ``x-goog-api-key``; git
-#: over HTTPS sends a token as Basic auth and gh as ``Authorization: token``/``Bearer``.
+#: as ``Authorization: Bearer`` (``codex exec`` 0.171 reads it from CODEX_API_KEY, not from
+#: OPENAI_API_KEY, so both hold the placeholder); Gemini CLI sends GEMINI_API_KEY as
+#: ``x-goog-api-key``; git over HTTPS sends a token as Basic auth and gh as
+#: ``Authorization: token``/``Bearer``.
 BUILTIN: tuple[Binding, ...] = (
     Binding("ANTHROPIC_API_KEY", ["api.anthropic.com"], "x-api-key", ["ANTHROPIC_API_KEY"]),
     Binding("CLAUDE_CODE_OAUTH_TOKEN", ["api.anthropic.com"], "authorization",
             ["CLAUDE_CODE_OAUTH_TOKEN"]),
-    Binding("OPENAI_API_KEY", ["api.openai.com"], "authorization", ["OPENAI_API_KEY"]),
+    Binding("OPENAI_API_KEY", ["api.openai.com"], "authorization",
+            ["OPENAI_API_KEY", "CODEX_API_KEY"]),
     Binding("GEMINI_API_KEY", ["generativelanguage.googleapis.com"], "x-goog-api-key",
             ["GEMINI_API_KEY"]),
     Binding("GITHUB_TOKEN", ["github.com", "api.github.com"], "authorization",

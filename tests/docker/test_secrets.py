@@ -351,14 +351,13 @@ def test_the_real_codex_cli_authenticates_with_the_placeholder(
     brokered: Brokered, security_report: Any
 ) -> None:
     # `codex exec` (0.171) reads its key from CODEX_API_KEY or from `codex login`, not from
-    # OPENAI_API_KEY: log in with the placeholder, as its help says (`printenv ... |`). It
-    # first tries the Responses API over a WebSocket (GET /v1/responses), then falls back to
-    # POST /v1/responses with server-sent events; it trusts the CA in SSL_CERT_FILE.
+    # OPENAI_API_KEY; the built-in binding puts the placeholder in both, so no login is
+    # needed. It first tries the Responses API over a WebSocket (GET /v1/responses), then
+    # falls back to POST /v1/responses with server-sent events; it trusts SSL_CERT_FILE.
     _real_cli(
         brokered, security_report,
-        "the real Codex CLI (codex exec) logged in with OPENAI_API_KEY = the placeholder",
-        "export HOME=/tmp/codex-home; printenv OPENAI_API_KEY | codex login --with-api-key"
-        " && timeout 240 codex exec --skip-git-repo-check 'say hi'",
+        "the real Codex CLI (codex exec) with CODEX_API_KEY = the placeholder, no login",
+        "HOME=/tmp/codex-home timeout 240 codex exec --skip-git-repo-check 'say hi'",
         "OPENAI_API_KEY", "/v1/responses",
     )
 
