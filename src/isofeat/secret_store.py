@@ -197,7 +197,10 @@ class Store:
 
 
 def keyring_usable() -> bool:
-    """True when ``keyring`` has a backend that stores for real (not ``fail``/``null``)."""
+    """True when ``keyring`` has an OS keyring (Secret Service, KWallet, macOS Keychain,
+    Windows Credential Locker): keyring rates those 1 or more. ``fail``/``null`` rate 0 or
+    less, and keyrings.alt's plain and encrypted files 0.5 and 0.6: a file for a file, ours
+    is the one whose mode isofeat checks, so those do not count."""
     try:
         import keyring
         from keyring.backends import chainer, fail
@@ -209,6 +212,5 @@ def keyring_usable() -> bool:
         return False
     if isinstance(ring, fail.Keyring):
         return False
-    if isinstance(ring, chainer.ChainerBackend):
-        return bool(ring.backends)
-    return float(getattr(ring, "priority", 0)) > 0
+    rings = ring.backends if isinstance(ring, chainer.ChainerBackend) else [ring]
+    return any(float(getattr(r, "priority", 0)) >= 1 for r in rings)

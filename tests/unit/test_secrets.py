@@ -207,3 +207,74 @@ def test_secrets_and_an_upstream_proxy_together_are_exit_2(
     ws = project(tmp_path / "p", {"upstream": "socks5://host.docker.internal:1080"})
     assert main(["init", "-q", str(ws)]) == 2
     assert "upstream" in capsys.readouterr().err
+
+
+def test_the_keyring_backend_keeps_the_value_out_of_isofeats_files(
+    home: Path, tmp_path: Path
+) -> None:
+    """`secrets set|list|rm` and `init` through a real keyring backend.
+
+    No OS keyring answers on a headless CI machine, so keyring's own plugin mechanism
+    (PYTHON_KEYRING_BACKEND) selects keyrings.alt's file backend, kept under this test's
+    XDG_DATA_HOME. isofeat's code path is the keyring one: the value goes through
+    keyring.set_password/get_password, and isofeat's own files hold only the name.
+    """
+    pytest.importorskip("keyrings.alt")
+    environ = {**os.environ, "ISOFEAT_SECRETS_BACKEND": "keyring",
+               "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+               "XDG_DATA_HOME": str(tmp_path / "data")}
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "isofeat", *args], input=stdin, env=environ,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    done = cli("secrets", "set", "ANTHROPIC_API_KEY", stdin=VALUE + "\n")
+    assert done.returncode == 0, done.stderr
+    assert VALUE not in done.stdout + done.stderr
+    secrets = home / "config" / "isofeat" / "secrets"
+    index = json.loads((secrets / "index.json").read_text())
+    assert index["secrets"] == {"ANTHROPIC_API_KEY": "keyring"}
+    assert not (secrets / "values.json").exists()
+    kept = list((tmp_path / "data").rglob("*.cfg"))
+    assert kept, "the keyring backend stored nothing"
+    listed = cli("secrets", "list")
+    assert listed.returncode == 0 and "ANTHROPIC_API_KEY" in listed.stdout
+    assert VALUE not in listed.stdout + listed.stderr
+    # init reads it back through keyring and gives it to the broker alone.
+    ws = project(tmp_path / "p")
+    done = cli("init", "-q", str(ws))
+    assert done.returncode == 0, done.stderr
+    env = env_of(ws)
+    record = json.loads((Path(env["ISOFEAT_BROKER_CONF"]) / "bindings.json").read_text())
+    assert record["bindings"][0]["value"] == VALUE
+    assert VALUE not in Path(env["ISOFEAT_SECRETS_ENV"]).read_text()
+    # rm takes it out of the keyring too: the backend's entries under isofeat's service.
+    import configparser
+
+    def entries() -> int:
+        count = 0
+        for cfg in kept:
+            parser = configparser.ConfigParser()
+            parser.read(cfg)
+            count += sum(len(parser[s]) for s in parser.sections() if "isofeat" in s)
+        return count
+
+    assert entries() == 1
+    assert cli("secrets", "rm", "ANTHROPIC_API_KEY").returncode == 0
+    assert entries() == 0
+
+
+def test_a_file_keyring_is_not_taken_for_an_os_keyring(home: Path, tmp_path: Path) -> None:
+    """keyrings.alt's plain-text file (priority 0.5) is no safer than isofeat's own 0600 file,
+    whose mode isofeat checks: without ISOFEAT_SECRETS_BACKEND the file backend is chosen."""
+    pytest.importorskip("keyrings.alt")
+    environ = {k: v for k, v in os.environ.items() if k != "ISOFEAT_SECRETS_BACKEND"}
+    environ.update(PYTHON_KEYRING_BACKEND="keyrings.alt.file.PlaintextKeyring",
+                   XDG_DATA_HOME=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-m", "isofeat", "secrets", "set", "GEMINI_API_KEY"],
+                          input=VALUE + "\n", env=environ, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    index = json.loads((home / "config" / "isofeat" / "secrets" / "index.json").read_text())
+    assert index["secrets"] == {"GEMINI_API_KEY": "file"}
+    assert not list((tmp_path / "data").rglob("*.cfg"))
