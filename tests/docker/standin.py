@@ -10,7 +10,9 @@ Paths:
                  (a server that reflects the credential back)
   /big?mb=N      N MiB of 'a', streamed (the download benchmark)
   /*.git/*       401 with a Basic challenge until an Authorization header comes (git over
-                 HTTPS sends its credentials only then)
+                 HTTPS sends its credentials only then); then, where git is installed, the
+                 real `git http-backend` over bare repositories under /tmp/git (o/r.git is
+                 made at start), with push allowed: a real `git push` lands there
   /v1/messages   a minimal Anthropic Messages answer saying STANDIN-REPLY (JSON, or server-sent
                  events when the request asks for a stream): enough for a real `claude -p`
   /v1/responses  a minimal OpenAI Responses answer saying STANDIN-REPLY (JSON, or server-sent
@@ -26,7 +28,10 @@ Usage: python3 standin.py CERT KEY   (HTTPS on 443, plain HTTP on 80)
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import ssl
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 LOG = "/tmp/requests.jsonl"
+GIT_ROOT = "/tmp/git"
 LOCK = threading.Lock()
 CHUNK = b"a" * (1 << 20)
 REPLY = "STANDIN-REPLY"
@@ -76,6 +82,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("www-authenticate", 'Basic realm="standin"')
             self.send_header("content-length", "0")
             self.end_headers()
+            return
+        if ".git/" in url.path and shutil.which("git"):
+            self._git(url.path, url.query, body)
             return
         if url.path == "/v1/messages" and self.command == "POST":
             self._messages(body)
@@ -194,6 +203,33 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send("application/json", answer)
 
+    def _git(self, path: str, query: str, body: bytes) -> None:
+        """git's smart HTTP, answered by the real `git http-backend` (CGI). REMOTE_USER
+        set: http-backend serves receive-pack (push) only to an authenticated user."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": GIT_ROOT,
+               "GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": "standin", "REMOTE_ADDR": "0.0.0.0",
+               "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": self.command,
+               "CONTENT_TYPE": self.headers.get("content-type", ""),
+               "CONTENT_LENGTH": str(len(body)), "GIT_PROTOCOL":
+               self.headers.get("git-protocol", ""), "HTTP_CONTENT_ENCODING":
+               self.headers.get("content-encoding", "")}
+        done = subprocess.run(["git", "http-backend"], input=body, env=env,
+                              capture_output=True, check=False)
+        head, _, data = done.stdout.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _send(self, kind: str, text: bytes | str) -> None:
         data = text.encode() if isinstance(text, str) else text
         self.send_response(200)
@@ -232,6 +268,12 @@ def main() -> None:
     plain = ThreadingHTTPServer(("0.0.0.0", 80), Handler)
     for server in (tls, plain):
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    if shutil.which("git"):
+        bare = os.path.join(GIT_ROOT, "o", "r.git")
+        subprocess.run(["git", "init", "-q", "--bare", bare], check=True)
+        # http-backend serves receive-pack only when the repository allows it.
+        subprocess.run(["git", "--git-dir", bare, "config", "http.receivepack", "true"],
+                       check=True)
     print("standin ready", flush=True)
     threading.Event().wait()
 

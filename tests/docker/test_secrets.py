@@ -191,8 +191,9 @@ def brokered(
                  if getattr(request, "param", None) == "agents" else netkit_image)
     env = make_env("secrets", base_image=dev_image, extra_whitelist="unbound.test")
     egress = docker_client.networks.get(f"{env.name}_egress")
+    # With the agents' image the stand-in has git too, and serves real pushes.
     standin = run_container(
-        netkit_image, network=egress, aliases=NAMES,
+        dev_image, network=egress, aliases=NAMES,
         command=["python3", "/standin/standin.py", "/standin/cert.pem", "/standin/key.pem"],
         volumes={str(files): {"bind": "/standin", "mode": "ro"}},
     )
@@ -374,6 +375,45 @@ def test_the_real_gemini_cli_authenticates_with_the_placeholder(
         "the real Gemini CLI (gemini -p) with GEMINI_API_KEY = the placeholder",
         "HOME=/tmp/gemini-home timeout 240 gemini --skip-trust -p 'say hi'",
         "GEMINI_API_KEY", "/v1beta/models/",
+    )
+
+
+@pytest.mark.parametrize("brokered", ["agents"], indirect=True)
+def test_a_real_git_push_lands_with_the_real_token_and_a_placeholder_helper(
+    brokered: Brokered, security_report: Any
+) -> None:
+    """git push over HTTPS to a real git server (the stand-in runs `git http-backend` as
+    github.com), with a credential helper that gives git the placeholder in $GH_TOKEN."""
+    b = brokered
+    b.reset()
+    helper = "!f() { echo username=x-access-token; echo \"password=$GH_TOKEN\"; }; f"
+    done = b.agent(
+        "set -e; export HOME=/tmp/push-home; cd /tmp; rm -rf push; git init -q -b main push;"
+        " cd push; echo work > file; git add file;"
+        " git -c user.name=agent -c user.email=agent@example.invalid commit -q -m work;"
+        f" git -c credential.helper='{helper}' push https://github.com/o/r.git"
+        " HEAD:refs/heads/task/x 2>&1; echo sha=$(git rev-parse HEAD)", timeout=180)
+    sha = done.stdout.rpartition("sha=")[2].strip()
+    landed = b.standin.exec_run(["git", "--git-dir", "/tmp/git/o/r.git", "rev-parse",
+                                 "refs/heads/task/x"]).output.decode().strip()  # fmt: skip
+    arrived = b.arrived()
+    expected = "Basic " + base64.b64encode(
+        f"x-access-token:{b.real['GITHUB_TOKEN']}".encode()).decode()
+    auths = [_header(a, "authorization") for a in arrived]
+    pushes = [a for a in arrived if "git-receive-pack" in a["path"]]
+    placeholder_seen = b.placeholder["GITHUB_TOKEN"] in json.dumps(arrived)
+    security_report.attack(
+        CASE, "git push to https://github.com/o/r.git with a credential helper giving $GH_TOKEN",
+        expected="the commit lands in the server's repository; every authorized request "
+                 "carries the real token; the placeholder never arrives; no token in git's "
+                 "output",
+        observed=f"landed {bool(sha) and landed == sha}; {len(pushes)} receive-pack "
+                 f"request(s); authorizations {sorted({a is not None for a in auths})}, real "
+                 f"{set(auths) - {None} == {expected}}; placeholder at the server "
+                 f"{placeholder_seen}; leaks to the agent {b.leaks(done.stdout)}; "
+                 f"{done.stdout.strip()[-120:]}",
+        ok=bool(sha) and landed == sha and bool(pushes) and set(auths) - {None} == {expected}
+        and not placeholder_seen and not b.leaks(done.stdout),
     )
 
 
