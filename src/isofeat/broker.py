@@ -169,6 +169,10 @@ def read_user_bindings(path: Path) -> list[Binding]:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise IsofeatError(f"{path}: cannot read: {why}",
+                           fix="make it a UTF-8 file you can read, or remove it") from None
     example = ('write {"bindings": [{"secret": "MY_TOKEN", "hosts": ["api.example.com"], '
                '"header": "Authorization", "env": ["MY_TOKEN"]}]}')
     try:

@@ -114,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except IsofeatError as err:
         return _report(err)
+    except PermissionError as err:
+        # A folder or file of the user's that this user may not use: say which, no traceback.
+        return _report(IsofeatError(f"{err.filename or 'a file'}: {err.strerror}",
+                                    fix="check the permissions of that path and its folders"))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

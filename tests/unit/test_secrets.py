@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -278,3 +279,61 @@ def test_a_file_keyring_is_not_taken_for_an_os_keyring(home: Path, tmp_path: Pat
     index = json.loads((home / "config" / "isofeat" / "secrets" / "index.json").read_text())
     assert index["secrets"] == {"GEMINI_API_KEY": "file"}
     assert not list((tmp_path / "data").rglob("*.cfg"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_non_root_user_sets_a_secret_and_opens_with_the_broker_as_themself(
+    tmp_path: Path,
+) -> None:
+    """As an ordinary user (uid 65534 here, in group 2000): the broker's files are theirs and
+    0600, and the broker runs as them (root would hand them to the broker's own uid)."""
+    import tempfile
+
+    uid = gid = 65534
+    # pytest's own folders are root's alone (0700): this user needs a path it may walk.
+    root = Path(tempfile.mkdtemp(prefix="isofeat-non-root-"))
+    try:
+        _non_root_open(root, uid, gid)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _non_root_open(root: Path, uid: int, gid: int) -> None:
+    root.chmod(0o755)
+    (root / "state" / "isofeat").mkdir(parents=True)
+    (root / "state" / "isofeat" / "base-ca-bundle.pem").write_text("# base bundle\n")
+    ws = project(root / "p")
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(root)], check=True)
+    environ = {"PATH": os.environ["PATH"], "HOME": str(root / "home"),
+               "XDG_STATE_HOME": str(root / "state"), "XDG_CONFIG_HOME": str(root / "config"),
+               "ISOFEAT_SECRETS_BACKEND": "file", "PYTHONDONTWRITEBYTECODE": "1"}
+    # In group dev (2000), as docs/template.md asks of the host user.
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--groups=2000", sys.executable,
+               "-m", "isofeat"]
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*as_user, *args], input=stdin, env=environ, cwd=ws,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    assert cli("secrets", "set", "OPENAI_API_KEY", stdin=VALUE + "\n").returncode == 0
+    done = cli("init", "-q", str(ws))
+    assert done.returncode == 0, done.stderr
+    env = env_of(ws)
+    assert env["ISOFEAT_BROKER_USER"] == f"{uid}:{gid}"
+    assert env["ISOFEAT_PROXY_USER"] == f"{uid}:{gid}"
+    broker = Path(env["ISOFEAT_BROKER_CONF"])
+    for path in (broker, *broker.iterdir()):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (uid, gid), path
+        assert stat.S_IMODE(st.st_mode) == (0o700 if path.is_dir() else 0o600), path
+    record = json.loads((broker / "bindings.json").read_text())["bindings"][0]
+    assert record["value"] == VALUE and record["host"] == "api.openai.com"
+    dev_env = Path(env["ISOFEAT_SECRETS_ENV"]).read_text()
+    assert f"CODEX_API_KEY={record['placeholder']}" in dev_env and VALUE not in dev_env
+    # A bindings file this user may not read: exit 2 naming it, no traceback.
+    bindings = root / "config" / "isofeat" / "bindings.json"
+    bindings.write_text('{"bindings": []}\n')
+    bindings.chmod(0o600)  # root's, as written by this test
+    denied = cli("secrets", "list")
+    assert denied.returncode == 2 and f"{bindings}: cannot read" in denied.stderr, denied.stderr
+    assert "Traceback" not in denied.stderr
