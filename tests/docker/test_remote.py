@@ -242,8 +242,13 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path,
                f"host=ssh://remote@127.0.0.1:{machine.port}", env=ctx_env).returncode == 0
     assert in_sandbox("isofeat notify send --urgency complete 'done, via a context'"
                       ).returncode == 0
-    via_context = isofeat("notify", "watch", "--on", "farbox", "--once", "--backend", "stdout",
-                          "--json", cwd=repo, env=ctx_env)
+    watch = ["notify", "watch", "--on", "farbox", "--once", "--backend", "stdout", "--json"]
+    via_context = isofeat(*watch, cwd=repo, env=ctx_env)
+    if via_context.returncode != 0 and "ssh exited 255" in via_context.stderr:
+        # Seen in 2 of about 10 CI runs, at this step only: ssh gave up connecting, with no
+        # message (LogLevel ERROR). Asked once more, and said, so that it stays visible.
+        print(f"notify watch --on farbox: retried after: {via_context.stderr.strip()[:200]}")
+        via_context = isofeat(*watch, cwd=repo, env=ctx_env)
     assert via_context.returncode == 0, via_context.stderr
     (note,) = [json.loads(x) for x in via_context.stdout.splitlines() if x.startswith("{")]
     assert (note["on"], note["message"]) == ("farbox", "done, via a context")
