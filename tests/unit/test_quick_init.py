@@ -20,19 +20,9 @@ import pytest
 
 from isofeat import quickinit
 from isofeat.envvars import state_dir
+from tests.unit.test_init_faults import make_project
 
 QUICK = quickinit.QUICK_NOTE.strip()
-
-
-def make_project(root: Path) -> Path:
-    (root / ".devcontainer").mkdir(parents=True)
-    (root / ".devcontainer" / "whitelist.txt").write_text("extra.example.org\n")
-    run = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
-    subprocess.run([*run, "init", "-q", "-b", "main", str(root)], check=True)
-    (root / "README").write_text("x\n")
-    subprocess.run([*run, "-C", str(root), "add", "README"], check=True)
-    subprocess.run([*run, "-C", str(root), "commit", "-qm", "init"], check=True)
-    return root
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ def init(workspace: Path, as_json: bool, quiet: bool, share: bool) -> int:
         raise IsofeatError(f"{workspace}: {what}", fix="give the project's folder (default: .)")
     # The warm path's stamp (quickinit.py): inputs fingerprinted before the run, outputs
     # after it. A run that shares less than a plain `isofeat init` leaves no stamp.
-    real = str(workspace.resolve())
-    plan = quick_plan(workspace.resolve(), os.environ) if share else None
+    real = workspace.resolve()
+    plan = quick_plan(real, os.environ) if share else None
     before = plan.inputs_now(os.environ) if plan else ""
-    quickinit.forget(real, os.environ)
+    quickinit.forget(str(real), os.environ)
     result = run_init(workspace, share=share)
     message = (
         f"isofeat: environment {result['env_id']} (compose project {result['project']}); "
