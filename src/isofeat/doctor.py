@@ -17,6 +17,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,21 +387,79 @@ def route_gateways(path: str = "/proc/net/route") -> list[str]:
     return list(dict.fromkeys(address for _, address in sorted(found)))
 
 
-def knock(address: str, port: int, timeout: float = TIMEOUT) -> str | None:
-    """How the host at ``address`` answered a TCP connect to ``port``, or None for silence.
+#: An answer counts only when the same address answers again, in one of this many more rounds
+#: of knocks, CONFIRM_PAUSE seconds apart. A host that is reachable stays reachable; a
+#: connect() reported open with no SYN on the wire (seen at container start, docs/
+#: threat-model.md) does not repeat, and must not stop a sandbox that is closed.
+CONFIRM_ROUNDS = 2
+CONFIRM_PAUSE = 0.5
+#: tcpi_state values, for the evidence of an answer (include/net/tcp_states.h).
+_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+               6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+               11: "CLOSING"}
+
+
+@dataclass(frozen=True)
+class Knock:
+    """How one TCP connect to the host ended, and what the kernel said about the socket."""
+
+    address: str
+    port: int
+    how: str | None  # "open", "econnrefused", "econnreset"; None for silence
+    evidence: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port} {self.how} ({self.evidence})"
+
+
+def _socket_evidence(sock: socket.socket, seconds: float) -> str:
+    """The peer and TCP state of a socket whose connect() reported success: a real connection
+    has a peer; the state tells a live one from one already reset."""
+    try:
+        peer = "{}:{}".format(*sock.getpeername())
+    except OSError as err:
+        peer = f"none ({errno.errorcode.get(err.errno or 0, err.errno)})"
+    try:
+        state = _TCP_STATES.get(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0], "?")
+    except OSError:
+        state = "?"
+    return f"peer {peer}, state {state}, after {seconds:.2f} s"
+
+
+def knock_evidence(address: str, port: int, timeout: float = TIMEOUT) -> Knock:
+    """How the host at ``address`` answered a TCP connect to ``port``.
 
     "open" (a listener accepted) and "refused" (the host's kernel sent a reset) both prove
     the host is reachable: only a timeout or an unreachable network/host means it is not.
     """
+    started = time.monotonic()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             code = sock.connect_ex((address, port))
         except OSError:  # timeout, or no such address family here
-            return None
-    if code == 0:
-        return "open"
-    return errno.errorcode.get(code, str(code)).lower() if code in _ANSWERED else None
+            return Knock(address, port, None)
+        seconds = time.monotonic() - started
+        if code == 0:
+            return Knock(address, port, "open", _socket_evidence(sock, seconds))
+    if code in _ANSWERED:
+        return Knock(address, port, errno.errorcode[code].lower(), f"after {seconds:.2f} s")
+    return Knock(address, port, None)
+
+
+def knock(address: str, port: int, timeout: float = TIMEOUT) -> str | None:
+    """``knock_evidence``'s verdict alone: "open", "econnrefused", "econnreset" or None."""
+    return knock_evidence(address, port, timeout).how
+
+
+def knock_all(probes: list[tuple[str, int]]) -> list[Knock]:
+    """Every (address, port) at once: each silent one waits out its timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not probes:
+        return []
+    with ThreadPoolExecutor(max_workers=min(32, len(probes))) as pool:
+        return list(pool.map(lambda probe: knock_evidence(*probe), probes))
 
 
 def _host_targets() -> tuple[list[str], list[str]]:
@@ -453,32 +512,56 @@ def route_table(path: str = "/proc/net/route") -> str:
     return f"; routes {', '.join(routes)}" if routes else ""
 
 
+def confirm_answers(first: list[Knock]) -> tuple[list[Knock], list[Knock]]:
+    """(answers from addresses that answered again, answers that did not repeat).
+
+    Each address that answered is knocked on again, on every port, up to CONFIRM_ROUNDS times.
+    """
+    answered = [k for k in first if k.how]
+    pending = list(dict.fromkeys(k.address for k in answered))
+    confirmed: set[str] = set()
+    for _ in range(CONFIRM_ROUNDS):
+        if not pending:
+            break
+        time.sleep(CONFIRM_PAUSE)
+        again = knock_all([(address, port) for address in pending for port in HOST_PORTS])
+        confirmed |= {k.address for k in again if k.how}
+        pending = [address for address in pending if address not in confirmed]
+    return ([k for k in answered if k.address in confirmed],
+            [k for k in answered if k.address not in confirmed])
+
+
 def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
     """Nothing on the host answers: not at the gateway, docker0, or host.docker.internal.
 
     Developers bind servers to 0.0.0.0 on their machines; from a container whose network has
     an address on the host, those answer, and the proxy's whitelist is bypassed entirely.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     targets, names = _host_targets()
-    probes = [(address, port) for address in targets for port in HOST_PORTS]
-    with ThreadPoolExecutor(max_workers=min(32, max(1, len(probes)))) as pool:
-        answers = list(pool.map(lambda probe: knock(*probe), probes))
+    first = knock_all([(address, port) for address in targets for port in HOST_PORTS])
+    reached_knocks, unrepeated = confirm_answers(first)
     by_address: dict[str, list[str]] = {}
-    for (address, port), how in zip(probes, answers, strict=True):
-        if how:
-            by_address.setdefault(address, []).append(f"{port} {how}")
+    for k in reached_knocks:
+        by_address.setdefault(k.address, []).append(f"{k.port} {k.how}")
     reached = [f"{address} (port {', '.join(ports)})" for address, ports in by_address.items()]
     resolved = f"; {', '.join(names)}" if names else ""
+    # Shown either way: an answer that did not repeat is not counted, but not hidden either.
+    unconfirmed = (
+        f"; not counted, because no port of the address answered again in {CONFIRM_ROUNDS} "
+        f"more rounds: {'; '.join(map(str, unrepeated))}{arp_entries([])}{route_table()}"
+        if unrepeated else ""
+    )
     if not reached:
         return Check("host-access", True,
-                     f"no answer from the host at {', '.join(targets) or 'no gateway'}{resolved}")
+                     f"no answer from the host at {', '.join(targets) or 'no gateway'}"
+                     f"{resolved}{unconfirmed}")
+    evidence = "; ".join(str(k) for k in reached_knocks if k.how == "open")
     detail = (
-        f"the host answered at {'; '.join(reached)}"
+        f"the host answered at {'; '.join(reached)}, and again when asked once more"
         f"{resolved} (a refusal is an answer too): any server on the host bound to 0.0.0.0 "
-        f"is open to the agent, past the proxy{arp_entries(list(by_address))}"
-        f"{route_table()}"
+        f"is open to the agent, past the proxy"
+        f"{'; connections: ' + evidence if evidence else ''}{arp_entries(list(by_address))}"
+        f"{route_table()}{unconfirmed}"
     )
     if environ.get(ALLOW_HOST_ACCESS) == "1":
         return Check("host-access", True,

@@ -204,9 +204,66 @@ def test_host_access_fails_when_the_host_answers_and_names_the_fix(
 
 def test_host_access_passes_when_nothing_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "_host_targets", lambda: (["192.0.2.77"], []))
-    monkeypatch.setattr(doctor, "knock", lambda address, port: None)
+    monkeypatch.setattr(doctor, "knock_evidence",
+                        lambda address, port: doctor.Knock(address, port, None))
     check = doctor.check_host_access(environ={})
     assert check.ok is True and "no answer from the host at 192.0.2.77" in check.detail
+    assert "not counted" not in check.detail
+
+
+def scripted_host(monkeypatch: pytest.MonkeyPatch, rounds: list[set[int]]) -> list[int]:
+    """The host at 192.0.2.77 answers "open" on round i's ports, then on none; returns the
+    list of rounds knocked (one entry per knock) so a test can count them."""
+    monkeypatch.setattr(doctor, "_host_targets", lambda: (["192.0.2.77"], []))
+    monkeypatch.setattr(doctor, "HOST_PORTS", (22, 80))
+    monkeypatch.setattr(doctor, "CONFIRM_PAUSE", 0)
+    knocked: list[int] = []
+    lock = threading.Lock()
+
+    def fake(address: str, port: int) -> doctor.Knock:
+        with lock:
+            this_round = knocked.count(port)
+            knocked.append(port)
+        if this_round < len(rounds) and port in rounds[this_round]:
+            return doctor.Knock(address, port, "open", "peer none (ENOTCONN), state CLOSE")
+        return doctor.Knock(address, port, None)
+
+    monkeypatch.setattr(doctor, "knock_evidence", fake)
+    return knocked
+
+
+def test_an_answer_that_does_not_repeat_is_shown_but_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    knocked = scripted_host(monkeypatch, [{22}])
+    check = doctor.check_host_access(environ={})
+    assert check.ok is True, check.detail
+    assert "not counted" in check.detail
+    assert "192.0.2.77:22 open (peer none (ENOTCONN), state CLOSE)" in check.detail
+    assert len(knocked) == 2 * (1 + doctor.CONFIRM_ROUNDS)  # every port, every round
+
+
+def test_an_answer_repeated_on_any_port_in_a_later_round_fails_the_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    knocked = scripted_host(monkeypatch, [{22}, set(), {80}])
+    check = doctor.check_host_access(environ={})
+    assert check.ok is False
+    assert "192.0.2.77 (port 22 open), and again when asked once more" in check.detail
+    assert "connections: 192.0.2.77:22 open (peer none" in check.detail
+    assert len(knocked) == 2 * 3
+
+
+def test_a_confirmed_answer_stops_asking(monkeypatch: pytest.MonkeyPatch) -> None:
+    knocked = scripted_host(monkeypatch, [{22, 80}, {80}])
+    check = doctor.check_host_access(environ={})
+    assert check.ok is False and "port 22 open, 80 open" in check.detail
+    assert len(knocked) == 2 * 2
+
+
+def test_knock_reports_the_peer_of_a_real_connection(listener: int) -> None:
+    k = doctor.knock_evidence("127.0.0.1", listener)
+    assert k.how == "open" and k.evidence.startswith(f"peer 127.0.0.1:{listener}, state ")
 
 
 def test_doctor_runs_the_host_check() -> None:
