@@ -247,7 +247,10 @@ def test_task_on_a_remote_engine_end_to_end(machine: Machine, tmp_path: Path,
     if via_context.returncode != 0 and "ssh exited 255" in via_context.stderr:
         # Seen in 2 of about 10 CI runs, at this step only: ssh gave up connecting, with no
         # message (LogLevel ERROR). Asked once more, and said, so that it stays visible.
-        print(f"notify watch --on farbox: retried after: {via_context.stderr.strip()[:200]}")
+        # sshd runs with -e: its side of that connection is in the container's log.
+        sshd = run("docker", "logs", "--tail", "20", machine.container)
+        print(f"notify watch --on farbox: retried after: {via_context.stderr.strip()[:200]}; "
+              f"sshd said: {(sshd.stdout + sshd.stderr).strip()[-1500:]}")
         via_context = isofeat(*watch, cwd=repo, env=ctx_env)
     assert via_context.returncode == 0, via_context.stderr
     (note,) = [json.loads(x) for x in via_context.stdout.splitlines() if x.startswith("{")]
