@@ -319,6 +319,7 @@ def rm(
     The environment is found by the project name of the task's path, not by anything the
     sandbox could write, so a task whose git the agent broke is still removed whole.
     """
+    from isofeat import quickinit
     from isofeat.notify import remove_env_notify_dir
 
     validate_name(name)
@@ -363,6 +364,8 @@ def rm(
     log(f"==> removing the containers, networks and volumes of {project}")
     result["removed"] = remove_environment(project, log)
     remove_env_notify_dir(env_id_for(path), environ)
+    # The warm-open stamp of `isofeat init` in that worktree: useless once it is gone.
+    quickinit.forget(str(path.resolve()), environ)
     if state.is_dir() and not state.is_symlink():
         shutil.rmtree(state)
     if wt is not None:

@@ -116,6 +116,24 @@ def test_rm_keeps_an_unmerged_branch_and_force_deletes_it(
     assert "proj-t1" not in git("worktree", "list", cwd=repo)
 
 
+def test_rm_drops_the_warm_open_stamp_of_the_worktree(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from isofeat import quickinit
+
+    assert main(["task", "new", "t1"]) == 0
+    wt = repo.parent / "proj-t1"
+    monkeypatch.chdir(wt)
+    assert main(["init"]) == 0  # a plain init records the stamp
+    stamp = Path(quickinit.stamp_path(str(wt.resolve()), os.environ))
+    assert stamp.is_file()
+    monkeypatch.chdir(repo)
+    assert main(["task", "rm", "t1", "--force"]) == 0
+    assert not stamp.exists()
+
+
 def test_rm_refuses_a_dirty_worktree_without_force(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
