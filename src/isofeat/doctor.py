@@ -553,8 +553,8 @@ def check_host_access(environ: Mapping[str, str] = os.environ) -> Check:
     )
     if not reached:
         return Check("host-access", True,
-                     f"no answer from the host at {', '.join(targets) or 'no gateway'}"
-                     f"{resolved}{unconfirmed}")
+                     f"no {'repeated ' if unrepeated else ''}answer from the host at "
+                     f"{', '.join(targets) or 'no gateway'}{resolved}{unconfirmed}")
     evidence = "; ".join(str(k) for k in reached_knocks if k.how == "open")
     detail = (
         f"the host answered at {'; '.join(reached)}, and again when asked once more"
