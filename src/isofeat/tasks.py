@@ -222,17 +222,26 @@ def devcontainer_up(path: Path, log: Callable[[str], None]) -> None:
     if exe is None:
         raise IsofeatError("the devcontainer CLI is not installed",
                            fix="npm install -g @devcontainers/cli")
+    import tempfile
+
     log(f"==> devcontainer up --workspace-folder {path}")
-    proc = subprocess.Popen(
-        [exe, "up", "--workspace-folder", str(path), "--log-format", "text"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip()
-        if line:
-            log(f"    {line[:200]}")
-    if proc.wait() != 0:
+    # A temporary folder of its own: the CLI stages each open's Features in
+    # $TMPDIR/devcontainercli-$USER/container-features/<version>-<milliseconds>, so two opens
+    # that reach that step in the same millisecond share one folder and break each other
+    # ("Failed to fetch feature: ENOENT"; measured: 2 in 7 runs of three opens at once).
+    with tempfile.TemporaryDirectory(prefix="isofeat-devcontainer-") as tmp:
+        proc = subprocess.Popen(
+            [exe, "up", "--workspace-folder", str(path), "--log-format", "text"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TMPDIR": tmp},
+        )
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            if line:
+                log(f"    {line[:200]}")
+        proc.wait()
+    if proc.returncode != 0:
         raise IsofeatError(
             f"devcontainer up failed for {path} (exit {proc.returncode})",
             fix="read the output above; `isofeat task rm NAME --force` cleans up", code=1,

@@ -63,9 +63,14 @@ def test_three_tasks_side_by_side_isolated_removable_and_notifying(
     # `isofeat task new --up` itself.
     for name in ("a", "b"):
         assert isofeat("task", "new", name, cwd=repo, env=env).returncode == 0
+        (tmp_path / f"cli-tmp-{name}").mkdir()
+    # Each open with a TMPDIR of its own, as `task new --up` does and docs/threat-model.md tells
+    # a script that opens several at once to do: the devcontainer CLI names its Features staging
+    # folder by the millisecond, so two opens in the same one share it and break.
     procs = [
         subprocess.Popen([need("devcontainer"), "up", "--workspace-folder",
-                          str(tmp_path / f"repo-{name}")], env=env, text=True,
+                          str(tmp_path / f"repo-{name}")], text=True,
+                         env={**env, "TMPDIR": str(tmp_path / f"cli-tmp-{name}")},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for name in ("a", "b")
     ]
