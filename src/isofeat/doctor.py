@@ -447,11 +447,6 @@ def knock_evidence(address: str, port: int, timeout: float = TIMEOUT) -> Knock:
     return Knock(address, port, None)
 
 
-def knock(address: str, port: int, timeout: float = TIMEOUT) -> str | None:
-    """``knock_evidence``'s verdict alone: "open", "econnrefused", "econnreset" or None."""
-    return knock_evidence(address, port, timeout).how
-
-
 def knock_all(probes: list[tuple[str, int]]) -> list[Knock]:
     """Every (address, port) at once: each silent one waits out its timeout."""
     from concurrent.futures import ThreadPoolExecutor

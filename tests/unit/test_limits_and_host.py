@@ -182,11 +182,11 @@ def listener() -> Iterator[int]:
 
 
 def test_knock_counts_a_refusal_as_an_answer(listener: int) -> None:
-    assert doctor.knock("127.0.0.1", listener) == "open"
+    assert doctor.knock_evidence("127.0.0.1", listener).how == "open"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # bound, not listening: the kernel refuses
-        assert doctor.knock("127.0.0.1", closed) == "econnrefused"
+        assert doctor.knock_evidence("127.0.0.1", closed).how == "econnrefused"
 
 
 def test_host_access_fails_when_the_host_answers_and_names_the_fix(
