@@ -182,10 +182,17 @@ def resolve_host(value: str, environ: Mapping[str, str] = os.environ) -> Remote:
 
 # --- running things on the remote -------------------------------------------------------------
 
+#: What ssh's exit status 255 means when it printed nothing: its client exits 255 both when
+#: the connection fails and when the remote command ends on a signal (OpenSSH records no
+#: exit status then), and a LogLevel of ERROR hides "Connection closed by ...".
+SILENT_255 = ("ssh exited 255 with no message: the connection closed early, or the command "
+              "there ended on a signal")
+
+
 def _unreachable(remote: Remote, proc: subprocess.CompletedProcess[str]) -> IsofeatError:
     last = clean_line((proc.stderr or "").strip().splitlines()[-1] if proc.stderr.strip() else "")
     return IsofeatError(
-        f"cannot reach {remote.label} over ssh: {last or 'ssh exited 255'}",
+        f"cannot reach {remote.label} over ssh: {last or SILENT_255}",
         fix=f"make `ssh {remote.destination} true` work without a prompt: the key in "
             "ssh-agent or ssh_config, the host key in known_hosts (ssh once by hand and check "
             "its fingerprint)", code=EXIT_DENIED)

@@ -238,3 +238,18 @@ def test_an_unreachable_remote_is_shown_and_its_task_kept(
     # merge says the remote cannot be reached (exit 1: not bad input).
     assert main(["task", "merge", "t1"]) == 1
     assert "cannot reach u@gone" in capsys.readouterr().err
+
+
+def test_a_silent_ssh_255_says_what_it_can_mean(
+    tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """OpenSSH exits 255, printing nothing at LogLevel ERROR, when the connection closes early
+    and when the remote command ends on a signal: the error must not claim only the first."""
+    repo = _repo_with_record(tmp_path, "u@box")
+    bin_dir = tmp_path / "bin"
+    tool(bin_dir, "ssh", "exit 255")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(repo)
+    assert main(["task", "merge", "t1"]) == 1
+    assert remote.SILENT_255 in capsys.readouterr().err
