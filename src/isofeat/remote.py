@@ -842,19 +842,21 @@ def watch(host: str, backend: str, once: bool, as_json: bool,
                 source, _ = clean_text(str(doc.get("source") or ""), MAX_SOURCE_CHARS)
                 ident, _ = clean_text(str(doc.get("id") or ""), 64)
                 created, _ = clean_text(str(doc.get("created") or ""), 40)
+                recovered = doc.get("recovered") is True
             except (ValueError, KeyError, TypeError, AttributeError):
                 print(f"isofeat notify: warning: [{remote.label}] dropped a line that is not a "
                       "notification", file=err, flush=True)
                 continue
             note = Notification(urgency=urgency, message=message, title=title, source=source,
                                 id=ident, created=created, truncated=cut)
-            item = Shown(f"{remote.label}/{env}", note)
+            item = Shown(f"{remote.label}/{env}", note, recovered=recovered)
             received = datetime.now().astimezone()
             if as_json:
                 print(json.dumps({"env": env, "on": remote.label, "urgency": urgency,
                                   "title": title, "message": message, "source": source,
                                   "id": ident, "created": created,
-                                  "received": received.isoformat(timespec="seconds")}),
+                                  "received": received.isoformat(timespec="seconds"),
+                                  "recovered": recovered}),
                       file=out, flush=True)
                 if display.tool is None:
                     continue

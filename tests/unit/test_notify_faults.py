@@ -1,7 +1,8 @@
 """Faults and load for the notification path (issue 11, items 6 and 7).
 
 - The host watcher is SIGKILLed during a burst, several times, and restarted: every
-  notification is shown exactly once across all its lives (the journal in watch.py).
+  notification is shown across its lives, and twice only as a re-show the restarted watcher
+  marks (a kill between the line and its journal record; the journal in watch.py).
 - A burst of 1,000 notifications from one environment is rate-limited and counted, and a
   second environment's notification written during it is shown within a measured bound.
 - The folder bound: ``send`` refuses past it, and the watcher drops and counts the excess.
@@ -29,6 +30,7 @@ import pytest
 
 from isofeat.cli import main
 from isofeat.notify import MAX_PENDING_ENTRIES, ensure_env_notify_dir
+from isofeat.notify.backends import RECOVERED_MARK
 from isofeat.notify.watch import JOURNAL_NAME, RATE_PER_MINUTE
 
 
@@ -183,6 +185,12 @@ def test_a_watcher_killed_during_a_burst_loses_and_repeats_nothing(
     ids = [rec["id"] for rec in shown]
     lost = set(sent) - set(ids)
     repeated = {i for i in ids if ids.count(i) > 1}
+    # A kill between a line and its journal record repeats that one notification (no
+    # process can make two writes one step); the restarted watcher must say so.
+    marked = [rec["id"] for rec in shown if rec["recovered"]]
+    unmarked = [i for i in repeated
+                if ids.count(i) != 2 or [r["recovered"] for r in shown if r["id"] == i]
+                != [False, True]]
     wrong_label = [rec for rec in shown if sent.get(rec["id"]) != rec["env"]]
     leftover = [p for f in folders for p in f.iterdir()] + list(root.glob(JOURNAL_NAME))
     print(f"{len(sent)} sent, {len(shown)} shown by {len(watchers)} watcher lives; "
@@ -192,13 +200,17 @@ def test_a_watcher_killed_during_a_burst_loses_and_repeats_nothing(
         "fault: notify watcher killed",
         f"SIGKILL `isofeat notify watch` {kills} times during a burst of {len(sent)} "
         "notifications from 60 environments, restart it each time",
-        expected="every notification shown exactly once, none left in the folders",
-        observed=f"{len(ids)} shown, {len(lost)} lost, {len(repeated)} repeated, "
-        f"{len(wrong_label)} mislabelled, {len(leftover)} files left; {during} of the "
-        f"{kills} kills during the burst",
-        ok=not lost and not repeated and not wrong_label and not leftover
-        and len(ids) == len(sent) and during == kills,
+        expected="every notification shown, none left in the folders; shown twice only "
+        "when a kill fell between its line and its journal record, then the second time "
+        "marked as recovered (so at most one per kill)",
+        observed=f"{len(ids)} shown, {len(lost)} lost, {len(repeated)} repeated "
+        f"({len(unmarked)} of them not marked), {len(marked)} marked, {len(wrong_label)} "
+        f"mislabelled, {len(leftover)} files left; {during} of the {kills} kills during the "
+        "burst",
+        ok=not lost and not unmarked and len(marked) <= kills and not wrong_label
+        and not leftover and len(ids) == len(sent) + len(repeated) and during == kills,
         recovery_s=max(recoveries),
+        repeated=len(repeated),
     )
 
 
@@ -268,12 +280,13 @@ def test_a_journal_left_by_a_kill_is_shown_once_and_its_file_removed(
     out = capsys.readouterr().out
     assert main(["notify", "watch", "--once", "--backend", "stdout"]) == 0
     again = capsys.readouterr().out
-    shown = [out.count(f"claimed {n}") for n in (1, 2)]
+    shown = [out.count(f"claimed {n}{RECOVERED_MARK}") for n in (1, 2)]
     security_report.fault(
         "fault: notify watcher killed",
         "a journal left by a kill after the claim (file still there) and after the removal "
         "(file gone), plus a line cut by the kill",
-        expected="both shown once on restart, the file removed, the journal removed",
+        expected="both shown once on restart, each marked as possibly a repeat, the file "
+        "removed, the journal removed",
         observed=f"shown {shown}, then {again.count('claimed')} on the next run; files left "
         f"{len(list(folder.iterdir()))}; journal left {(root / JOURNAL_NAME).exists()}",
         ok=shown == [1, 1] and again == "" and not list(folder.iterdir())

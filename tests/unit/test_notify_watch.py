@@ -83,6 +83,7 @@ def test_once_json_output(root: Path, capsys: pytest.CaptureFixture[str]) -> Non
         "codex",
     )
     assert "received" in record and record["created"] == "2025-01-01T00:00:00Z"
+    assert record["recovered"] is False  # only a restarted watcher's journal re-show is
 
 
 def test_root_option_and_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ import pytest
 from isofeat import remote
 from isofeat.cli import main
 from isofeat.errors import IsofeatError
+from isofeat.notify.backends import RECOVERED_MARK
 
 BAD_HOSTS = [
     "-oProxyCommand=x",  # option injection: ssh would run x on this machine
@@ -198,6 +199,30 @@ def test_notify_watch_on_checks_every_forwarded_line_again(
     assert "\n" not in shown[0]["message"]
     assert err.count("dropped") == 5, err
     assert "--once" in log.read_text(encoding="utf-8")
+
+
+def test_notify_watch_on_passes_on_only_a_true_recovered_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The remote watcher marks a journal re-show (it may be a repeat); the mark is passed on,
+    # and anything but JSON true reads as not marked.
+    base = {"env": "repo-t1-0123456789", "urgency": "info", "id": "x", "created": "now"}
+    items = [{**base, "message": "again", "recovered": True},
+             {**base, "message": "fresh", "recovered": "yes"}]
+    payload = tmp_path / "lines"
+    payload.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+    there = tmp_path / "remote-bin"
+    tool(there, "isofeat", f"exec /bin/cat {shlex.quote(str(payload))}")
+    here = fake_ssh(tmp_path / "bin", str(there), tmp_path / "ssh.log")
+    monkeypatch.setenv("PATH", f"{here}{os.pathsep}{os.environ['PATH']}")
+    argv = ["notify", "watch", "--on", "u@box", "--once", "--backend", "stdout"]
+    assert main([*argv, "--json"]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(item["message"], item["recovered"]) for item in shown] == [
+        ("again", True), ("fresh", False)]
+    assert main(argv) == 0
+    again, fresh = capsys.readouterr().out.splitlines()
+    assert again.endswith(f"again{RECOVERED_MARK}") and fresh.endswith("fresh"), (again, fresh)
 
 
 def _repo_with_record(tmp_path: Path, destination: str) -> Path:

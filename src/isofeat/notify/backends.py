@@ -30,6 +30,9 @@ NOTIFY_SEND_URGENCY = {
     "error": "critical",
 }
 
+# Appended to a notification a restarted watcher shows from its journal.
+RECOVERED_MARK = " (after a watcher restart: may be a repeat)"
+
 # The AppleScript is a constant; the text arrives as argv items.
 OSASCRIPT_LINES = (
     "on run argv",
@@ -44,14 +47,22 @@ class Shown:
 
     env: str
     note: Notification
+    # Shown by a restarted watcher from its journal: the killed one may have shown it already
+    # (a kill between the line and its journal record; see watch.Journal). Said, not hidden.
+    recovered: bool = False
 
     @property
     def heading(self) -> str:
-        return f"[{self.env}] {self.note.title or self.note.urgency}"
+        return f"[{self.env}] {self.note.title or self.note.urgency}{self._again}"
 
     def stdout_line(self, clock: str) -> str:
         title = f" {self.note.title}:" if self.note.title else ""
-        return f"{clock} [{self.env}] {self.note.urgency.upper()}{title} {self.note.message}"
+        return (f"{clock} [{self.env}] {self.note.urgency.upper()}{title} "
+                f"{self.note.message}{self._again}")
+
+    @property
+    def _again(self) -> str:
+        return RECOVERED_MARK if self.recovered else ""
 
 
 def notify_send_argv(item: Shown) -> list[str]:

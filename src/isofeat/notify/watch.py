@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,8 +119,12 @@ class Journal:
     file, show, append ``done``. A restarted watcher first shows every claim without a
     ``done`` (and removes its file if the kill came before the removal), so nothing is lost.
     ``done`` is written as soon as showing cannot be undone: the line printed, or the desktop
-    tool started (it outlives the watcher), so a duplicate needs a kill in that moment
-    (microseconds with stdout, the milliseconds Popen takes to start notify-send). The journal lives
+    tool started (it outlives the watcher). Showing and ``done`` are two writes to two files,
+    and no process can make them one step, so a kill between them repeats that notification:
+    the next write(2) after the line's, its bytes made beforehand, for stdout (a window that a
+    busy CPU can still stretch); the milliseconds Popen takes to start notify-send. The
+    restarted watcher marks what it shows from the journal (``Shown.recovered``), so a repeat
+    says that it may be one and a script can drop it by its ``id``. The journal lives
     in the root, which is 0700 and never mounted into a sandbox, so only the host user
     writes it. It is emptied whenever nothing is open, and removed when the watcher stops.
     An exclusive ``flock`` on it also keeps a second watcher on the same root from showing
@@ -176,9 +179,20 @@ class Journal:
         self._append(record)
         self.open_claims += 1
 
-    def done(self, env: str, name: str) -> None:
-        self._append({"done": f"{env}/{name}"})
-        self.open_claims -= 1
+    def done(self, env: str, name: str) -> Callable[[], None]:
+        """The ``done`` record for a claim, as a call with its bytes made now, before showing.
+
+        Only the write itself then follows the line. That did not shorten the window
+        measurably (docs/notifications.md): the wait is the interpreter and the scheduler.
+        """
+        line = json.dumps({"done": f"{env}/{name}"}).encode() + b"\n"
+
+        def write() -> None:
+            if self.fd is not None:
+                os.write(self.fd, line)
+            self.open_claims -= 1
+
+        return write
 
     def _append(self, record: dict[str, str]) -> None:
         if self.fd is not None:
@@ -281,9 +295,10 @@ class Processor:
                 except InvalidNotification:
                     pass  # cannot happen: it was validated before it was claimed
                 else:
-                    self._show(Shown(env=env, note=note), partial(self.journal.done, env, name))
+                    self._show(Shown(env=env, note=note, recovered=True),
+                               self.journal.done(env, name))
                     continue
-                self.journal.done(env, name)
+                self.journal.done(env, name)()
         finally:
             for fd in envs.values():
                 os.close(fd)
@@ -434,7 +449,8 @@ class Processor:
         # Claim, remove, show, done: see Journal for why this order.
         self.journal.claim(env, name, data)
         self._remove(env, env_fd, name)
-        self._show(Shown(env=env, note=note), lambda: self.journal.done(env, name))
+        done = self.journal.done(env, name)
+        self._show(Shown(env=env, note=note), done)
 
     def _read(self, env: str, env_fd: int, name: str) -> bytes | None:
         try:
@@ -483,6 +499,7 @@ class Processor:
                 "id": item.note.id,
                 "created": item.note.created,
                 "received": received.isoformat(timespec="seconds"),
+                "recovered": item.recovered,
             }
             # ensure_ascii: the line on stdout is printable ASCII, whatever the content.
             print(json.dumps(record), file=self.out, flush=True)
