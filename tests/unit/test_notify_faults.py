@@ -137,7 +137,7 @@ def wait_until_empty(folders: list[Path], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def test_a_watcher_killed_during_a_burst_loses_and_repeats_nothing(
+def test_a_watcher_killed_during_a_burst_loses_nothing_and_marks_a_repeat(
     root: Path, watchers: list[Watcher], security_report: Any
 ) -> None:
     # 60 environments x 10 each: within each one's rate limit whatever process shows them,

@@ -16,9 +16,9 @@ The folders are written by sandboxes, so everything in them is hostile (security
 * Folders inside an environment folder are removed without following a link (fd-based,
   bounded depth and work per pass); hidden files older than a minute are removed; finished
   files past the folder bound (100) are dropped unread and counted.
-* Exactly once across a crash: a notification is recorded in a host-private journal before
-  its file is removed, and marked done once shown; a restarted watcher shows
-  what the journal holds but never marked done (see :class:`Journal`).
+* Nothing lost across a crash: a notification is recorded in a host-private journal before
+  its file is removed, and marked done once shown; a restarted watcher shows what the
+  journal holds but never marked done, marked as a possible repeat (see :class:`Journal`).
 
 watchdog (imported only in :func:`watch`) tells the loop that something changed; the loop
 then rescans. A slow periodic rescan covers file systems that deliver no events.
