@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,8 +122,9 @@ class Journal:
     ``done`` is written as soon as showing cannot be undone: the line printed, or the desktop
     tool started (it outlives the watcher). Showing and ``done`` are two writes to two files,
     and no process can make them one step, so a kill between them repeats that notification:
-    the next write(2) after the line's, its bytes made beforehand, for stdout (a window that a
-    busy CPU can still stretch); the milliseconds Popen takes to start notify-send. The
+    for stdout, the time until the next write(2), which the interpreter's other threads and
+    the scheduler stretch (making the record's bytes beforehand did not shorten it
+    measurably, docs/notifications.md); the milliseconds Popen takes to start notify-send. The
     restarted watcher marks what it shows from the journal (``Shown.recovered``), so a repeat
     says that it may be one and a script can drop it by its ``id``. The journal lives
     in the root, which is 0700 and never mounted into a sandbox, so only the host user
@@ -179,20 +181,9 @@ class Journal:
         self._append(record)
         self.open_claims += 1
 
-    def done(self, env: str, name: str) -> Callable[[], None]:
-        """The ``done`` record for a claim, as a call with its bytes made now, before showing.
-
-        Only the write itself then follows the line. That did not shorten the window
-        measurably (docs/notifications.md): the wait is the interpreter and the scheduler.
-        """
-        line = json.dumps({"done": f"{env}/{name}"}).encode() + b"\n"
-
-        def write() -> None:
-            if self.fd is not None:
-                os.write(self.fd, line)
-            self.open_claims -= 1
-
-        return write
+    def done(self, env: str, name: str) -> None:
+        self._append({"done": f"{env}/{name}"})
+        self.open_claims -= 1
 
     def _append(self, record: dict[str, str]) -> None:
         if self.fd is not None:
@@ -296,9 +287,9 @@ class Processor:
                     pass  # cannot happen: it was validated before it was claimed
                 else:
                     self._show(Shown(env=env, note=note, recovered=True),
-                               self.journal.done(env, name))
+                               partial(self.journal.done, env, name))
                     continue
-                self.journal.done(env, name)()
+                self.journal.done(env, name)
         finally:
             for fd in envs.values():
                 os.close(fd)
@@ -449,8 +440,7 @@ class Processor:
         # Claim, remove, show, done: see Journal for why this order.
         self.journal.claim(env, name, data)
         self._remove(env, env_fd, name)
-        done = self.journal.done(env, name)
-        self._show(Shown(env=env, note=note), done)
+        self._show(Shown(env=env, note=note), lambda: self.journal.done(env, name))
 
     def _read(self, env: str, env_fd: int, name: str) -> bytes | None:
         try:
