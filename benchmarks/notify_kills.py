@@ -2,10 +2,11 @@
 
     python -m benchmarks.notify_kills [--kills 100] [--envs 200] [--no-rate-limit]
 
-A host thread writes notifications the way `isofeat notify send` does (a dot-file, then a
-rename), one every 5 ms spread over ``--envs`` environment folders, while the real watcher
-(`notify watch --json --backend stdout`) prints them to a pipe. The watcher is SIGKILLed at a
-random moment 0.2-0.6 s into each life and started again. At the end, every notification
+A host thread writes notifications with `isofeat notify send`'s own writer (a dot-file,
+then a rename; "refused" counts those it refused past the folder bound), one every 5 ms
+spread over ``--envs`` environment folders, while the real watcher (`notify watch --json
+--backend stdout`) prints them to a pipe. The watcher is SIGKILLed at a random moment
+0.2-0.6 s into each life and started again. At the end, every notification
 sent must have been shown: "lost" counts those that were not, "dropped" those the rate limit
 dropped and said so. A repeat is a notification shown twice; "unmarked" counts repeats whose
 second showing lacks the ``recovered`` mark. ``--no-rate-limit`` lifts the per-environment
@@ -38,17 +39,6 @@ watch.RateLimiter = functools.partial(watch.RateLimiter, rate=10**6)
 from isofeat.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def put(folder: Path) -> str:
-    note_id = secrets.token_hex(16)
-    doc = {"v": 1, "id": note_id, "urgency": "info", "message": "m",
-           "created": "2025-01-01T00:00:00Z"}
-    final = folder / f"{time.time_ns()}-{note_id}.json"
-    tmp = folder / f".{final.name}.tmp"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, final)
-    return note_id
 
 
 class Lives:
@@ -94,17 +84,31 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="isofeat-notify-kills-"))
     os.environ["HOME"] = str(base / "home")
     os.environ["XDG_STATE_HOME"] = str(base / "state")
-    from isofeat.notify import ensure_env_notify_dir  # after HOME: it decides the root
+    # After HOME: it decides the root.
+    from isofeat.errors import IsofeatError
+    from isofeat.notify import ensure_env_notify_dir
+    from isofeat.notify.message import Notification
+    from isofeat.notify.send import write_notification
 
     root = base / "state" / "isofeat" / "notify"
     folders = [ensure_env_notify_dir(f"env-{i:04d}") for i in range(args.envs)]
     sent: list[str] = []
+    refused = 0
     writing = threading.Event()
     writing.set()
 
     def write() -> None:
+        # As `isofeat notify send` writes, which refuses past the folder bound.
+        nonlocal refused
         while writing.is_set():
-            sent.append(put(folders[len(sent) % len(folders)]))
+            note = Notification(urgency="info", message="m", id=secrets.token_hex(16),
+                                created="2025-01-01T00:00:00Z")
+            try:
+                write_notification(note, folders[(len(sent) + refused) % len(folders)])
+            except IsofeatError:
+                refused += 1
+            else:
+                sent.append(note.id)
             time.sleep(0.005)
 
     with open(base / "watcher-stderr.log", "w") as err:
@@ -133,7 +137,7 @@ def main() -> int:
     marks = {i: [line["recovered"] for line in lives.lines if line["id"] == i] for i in repeated}
     print(json.dumps({
         "kills": args.kills, "envs": args.envs, "rate_limit": not args.no_rate_limit,
-        "sent": len(sent), "shown": len(ids), "repeated": len(repeated),
+        "sent": len(sent), "refused": refused, "shown": len(ids), "repeated": len(repeated),
         "unmarked": sum(1 for m in marks.values() if m != [False, True]),
         "lost": len(set(sent) - set(ids)),
         "dropped": sum(int(n) for n in re.findall(r"dropped (\d+) notification", said)),
